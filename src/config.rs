@@ -1,0 +1,481 @@
+//! Configuration (SPEC §3): environment variables, a `.env` file and an optional `questech.toml`.
+//!
+//! Loading is a pure function of a key/value map so tests build configs without touching the
+//! process environment. A bad value stops start-up with one line naming the variable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use rand::RngCore;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var}: {why}")]
+pub struct ConfigError {
+    pub var: String,
+    pub why: String,
+}
+
+fn err(var: &str, why: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var: var.to_owned(),
+        why: why.into(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SmsProvider {
+    /// Writes the code to the log (development only).
+    Log,
+    Aliyun(AliyunSms),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct AliyunSms {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub sign_name: String,
+    pub template_code: String,
+    pub endpoint: String,
+}
+
+impl std::fmt::Debug for AliyunSms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AliyunSms")
+            .field("access_key_id", &self.access_key_id)
+            .field("access_key_secret", &"<redacted>")
+            .field("sign_name", &self.sign_name)
+            .field("template_code", &self.template_code)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// A secret that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub bind_addr: SocketAddr,
+    pub database_url: String,
+    pub database_read_url: Option<String>,
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (lets tests and tenants share one Redis).
+    pub redis_prefix: String,
+    pub jwt_secret: Secret,
+    pub jwt_access_ttl: Duration,
+    pub jwt_refresh_ttl: Duration,
+    pub service_debug: bool,
+    pub openai_api_key: Option<Secret>,
+    pub openai_base_url: String,
+    pub deepseek_api_key: Option<Secret>,
+    pub deepseek_base_url: String,
+    pub default_model: Option<String>,
+    pub llm_max_concurrency: usize,
+    pub llm_queue_capacity: usize,
+    pub llm_first_token_timeout: Duration,
+    pub llm_total_timeout: Duration,
+    pub llm_max_retries: u32,
+    pub llm_retryable_statuses: Vec<u16>,
+    pub user_rpm: u32,
+    pub user_max_inflight: u32,
+    pub login_max_failures_per_account: u32,
+    pub login_max_failures_per_ip: u32,
+    pub login_failure_window: Duration,
+    pub trust_proxy_headers: bool,
+    pub llm_breaker_failures: u32,
+    pub llm_breaker_cooldown: Duration,
+    pub shutdown_grace: Duration,
+    pub actor_idle: Duration,
+    pub encryption_key: [u8; 32],
+    pub cors_origins: Vec<String>,
+    pub signup_bonus_credits: i64,
+    pub apple_client_ids: Vec<String>,
+    pub apple_jwks_url: String,
+    pub sms_provider: SmsProvider,
+    pub upload_dir: PathBuf,
+    pub max_upload_bytes: u64,
+    pub metrics_token: Option<Secret>,
+    pub node_id: String,
+    /// bcrypt cost (`BCRYPT_COST`, default 12; tests use 4).
+    pub bcrypt_cost: u32,
+    /// Where generated dev secrets and the SQLite file live (`DATA_DIR`, default `data`).
+    pub data_dir: PathBuf,
+}
+
+/// Reads typed values out of the merged key/value map, naming the variable on any error.
+struct Vars<'a>(&'a HashMap<String, String>);
+
+impl Vars<'_> {
+    fn raw(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+    fn string(&self, k: &str, default: &str) -> String {
+        self.raw(k).unwrap_or(default).to_owned()
+    }
+    fn opt(&self, k: &str) -> Option<String> {
+        self.raw(k).map(str::to_owned)
+    }
+    fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T, ConfigError> {
+        match self.raw(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| err(k, format!("expected a non-negative whole number, got {v:?}"))),
+        }
+    }
+    fn secs(&self, k: &str, default: u64) -> Result<Duration, ConfigError> {
+        self.num(k, default).map(Duration::from_secs)
+    }
+    fn bool(&self, k: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(k).map(|s| s.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) => match v.as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(err(k, format!("expected true or false, got {v:?}"))),
+            },
+        }
+    }
+    fn url(&self, k: &str, default: &str) -> Result<String, ConfigError> {
+        let v = self.string(k, default);
+        check_url(k, &v, &["http", "https"])?;
+        Ok(v.trim_end_matches('/').to_owned())
+    }
+    fn list(&self, k: &str) -> Vec<String> {
+        self.raw(k)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn check_url(var: &str, v: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let u = url::Url::parse(v).map_err(|e| err(var, format!("not a valid URL ({e})")))?;
+    if !schemes.contains(&u.scheme()) {
+        return Err(err(
+            var,
+            format!("scheme must be one of {schemes:?}, got {:?}", u.scheme()),
+        ));
+    }
+    Ok(())
+}
+
+pub fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+impl Config {
+    /// Loads from `questech.toml` (lowest), `.env`, then the process environment (highest).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut map = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string("questech.toml") {
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e| err("questech.toml", format!("cannot parse: {e}")))?;
+            for (k, v) in table {
+                let s = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => return Err(err(&k, "questech.toml values must be strings, numbers or booleans")),
+                };
+                map.insert(k.to_ascii_uppercase(), s);
+            }
+        }
+        if let Ok(iter) = dotenvy::from_filename_iter(".env") {
+            for item in iter {
+                let (k, v) = item.map_err(|e| err(".env", format!("cannot parse: {e}")))?;
+                map.insert(k, v);
+            }
+        }
+        map.extend(std::env::vars());
+        Self::from_map(&map)
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let v = Vars(map);
+        let bind_addr = v
+            .string("BIND_ADDR", "127.0.0.1:10089")
+            .parse()
+            .map_err(|_| err("BIND_ADDR", "expected host:port, e.g. 127.0.0.1:10089"))?;
+        let database_url = v.string("DATABASE_URL", "sqlite://data/questech.db");
+        check_url("DATABASE_URL", &database_url, &["sqlite", "mysql", "mariadb"])?;
+        let database_read_url = v.opt("DATABASE_READ_URL");
+        if let Some(u) = &database_read_url {
+            check_url("DATABASE_READ_URL", u, &["sqlite", "mysql", "mariadb"])?;
+        }
+        let redis_url = v.opt("REDIS_URL");
+        if let Some(u) = &redis_url {
+            check_url("REDIS_URL", u, &["redis", "rediss", "redis+unix", "unix"])?;
+        }
+        let sqlite = is_sqlite(&database_url);
+        let service_debug = v.bool("SERVICE_DEBUG", sqlite)?;
+        let data_dir = PathBuf::from(v.string("DATA_DIR", "data"));
+        let production = !service_debug && !sqlite;
+
+        let jwt_secret = match v.opt("JWT_SECRET_KEY") {
+            Some(s) if s.len() < 32 => {
+                return Err(err("JWT_SECRET_KEY", "must be at least 32 characters"))
+            }
+            Some(s) => s,
+            None if production => {
+                return Err(err(
+                    "JWT_SECRET_KEY",
+                    "required when SERVICE_DEBUG=false and the database is not SQLite",
+                ))
+            }
+            None => load_or_generate(&data_dir, "jwt_secret", 48)
+                .map_err(|e| err("JWT_SECRET_KEY", format!("cannot keep a generated key: {e}")))?,
+        };
+        let encryption_key = match v.opt("ENCRYPTION_KEY") {
+            Some(s) => decode_key(&s).map_err(|why| err("ENCRYPTION_KEY", why))?,
+            None if production => {
+                return Err(err(
+                    "ENCRYPTION_KEY",
+                    "required when SERVICE_DEBUG=false and the database is not SQLite",
+                ))
+            }
+            None => {
+                let s = load_or_generate(&data_dir, "encryption_key", 32).map_err(|e| {
+                    err("ENCRYPTION_KEY", format!("cannot keep a generated key: {e}"))
+                })?;
+                decode_key(&s).map_err(|why| err("ENCRYPTION_KEY", why))?
+            }
+        };
+
+        let sms_provider = match v.string("SMS_PROVIDER", "log").as_str() {
+            "log" => SmsProvider::Log,
+            "aliyun" => {
+                let need = |k: &str| v.opt(k).ok_or_else(|| err(k, "required when SMS_PROVIDER=aliyun"));
+                SmsProvider::Aliyun(AliyunSms {
+                    access_key_id: need("ALIYUN_ACCESS_KEY_ID")?,
+                    access_key_secret: need("ALIYUN_ACCESS_KEY_SECRET")?,
+                    sign_name: need("ALIYUN_SMS_SIGN_NAME")?,
+                    template_code: need("ALIYUN_SMS_TEMPLATE_CODE")?,
+                    endpoint: v.url("ALIYUN_SMS_ENDPOINT", "https://dysmsapi.aliyuncs.com")?,
+                })
+            }
+            other => return Err(err("SMS_PROVIDER", format!("expected log or aliyun, got {other:?}"))),
+        };
+
+        let retryable = v.string("LLM_RETRYABLE_STATUSES", "429,500,502,503,504");
+        let llm_retryable_statuses = retryable
+            .split(',')
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<u16>().ok().filter(|n| (100..600).contains(n)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| err("LLM_RETRYABLE_STATUSES", "expected comma-separated HTTP statuses"))?;
+
+        let bcrypt_cost = v.num("BCRYPT_COST", 12u32)?;
+        if !(4..=31).contains(&bcrypt_cost) {
+            return Err(err("BCRYPT_COST", "must be between 4 and 31"));
+        }
+        let node_id = v.opt("NODE_ID").unwrap_or_else(default_node_id);
+        let cfg = Config {
+            bind_addr,
+            database_url,
+            database_read_url,
+            redis_url,
+            redis_prefix: v.string("REDIS_PREFIX", "qt:"),
+            jwt_secret: Secret(jwt_secret),
+            jwt_access_ttl: v.secs("JWT_ACCESS_TTL_SECS", 900)?,
+            jwt_refresh_ttl: v.secs("JWT_REFRESH_TTL_SECS", 2_592_000)?,
+            service_debug,
+            openai_api_key: v.opt("OPENAI_API_KEY").map(Secret),
+            openai_base_url: v.url("OPENAI_BASE_URL", "https://api.openai.com/v1")?,
+            deepseek_api_key: v.opt("DEEPSEEK_API_KEY").map(Secret),
+            deepseek_base_url: v.url("DEEPSEEK_BASE_URL", "https://api.deepseek.com/v1")?,
+            default_model: v.opt("DEFAULT_MODEL"),
+            llm_max_concurrency: v.num("LLM_MAX_CONCURRENCY", 256usize)?,
+            llm_queue_capacity: v.num("LLM_QUEUE_CAPACITY", 1024usize)?,
+            llm_first_token_timeout: v.secs("LLM_FIRST_TOKEN_TIMEOUT_SECS", 30)?,
+            llm_total_timeout: v.secs("LLM_TOTAL_TIMEOUT_SECS", 300)?,
+            llm_max_retries: v.num("LLM_MAX_RETRIES", 2u32)?,
+            llm_retryable_statuses,
+            user_rpm: v.num("USER_RPM", 60u32)?,
+            user_max_inflight: v.num("USER_MAX_INFLIGHT", 4u32)?,
+            login_max_failures_per_account: v.num("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5u32)?,
+            login_max_failures_per_ip: v.num("LOGIN_MAX_FAILURES_PER_IP", 20u32)?,
+            login_failure_window: v.secs("LOGIN_FAILURE_WINDOW_SECS", 900)?,
+            trust_proxy_headers: v.bool("TRUST_PROXY_HEADERS", false)?,
+            llm_breaker_failures: v.num("LLM_BREAKER_FAILURES", 5u32)?,
+            llm_breaker_cooldown: v.secs("LLM_BREAKER_COOLDOWN_SECS", 30)?,
+            shutdown_grace: v.secs("SHUTDOWN_GRACE_SECS", 30)?,
+            actor_idle: v.secs("ACTOR_IDLE_SECS", 300)?,
+            encryption_key,
+            cors_origins: v.list("CORS_ORIGINS"),
+            signup_bonus_credits: v.num("SIGNUP_BONUS_CREDITS", 100i64)?,
+            apple_client_ids: v.list("APPLE_CLIENT_IDS"),
+            apple_jwks_url: v.url("APPLE_JWKS_URL", "https://appleid.apple.com/auth/keys")?,
+            sms_provider,
+            upload_dir: PathBuf::from(v.string("UPLOAD_DIR", "data/uploads")),
+            max_upload_bytes: v.num("MAX_UPLOAD_BYTES", 10_485_760u64)?,
+            metrics_token: v.opt("METRICS_TOKEN").map(Secret),
+            node_id,
+            bcrypt_cost,
+            data_dir,
+        };
+        if cfg.signup_bonus_credits < 0 {
+            return Err(err("SIGNUP_BONUS_CREDITS", "must not be negative"));
+        }
+        if cfg.llm_max_concurrency == 0 {
+            return Err(err("LLM_MAX_CONCURRENCY", "must be at least 1"));
+        }
+        Ok(cfg)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        is_sqlite(&self.database_url)
+    }
+}
+
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+fn decode_key(s: &str) -> Result<[u8; 32], String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|_| "expected base64".to_owned())?;
+    bytes
+        .try_into()
+        .map_err(|_| "expected 32 bytes (AES-256) in base64".to_owned())
+}
+
+/// Reads a dev secret kept in `data_dir/name`, or generates `len` random bytes (base64) and keeps them.
+fn load_or_generate(data_dir: &Path, name: &str, len: usize) -> std::io::Result<String> {
+    let path = data_dir.join(name);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut bytes = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let s = base64::engine::general_purpose::STANDARD.encode(bytes);
+    write_private(&path, &s)?;
+    Ok(s)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, s: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(s.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, s: &str) -> std::io::Result<()> {
+    std::fs::write(path, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let dir = std::env::temp_dir().join(format!("qt-cfg-{}", rand::random::<u64>()));
+        let mut m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        m.entry("DATA_DIR".into())
+            .or_insert(dir.to_string_lossy().into_owned());
+        m
+    }
+
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let c = Config::from_map(&map(&[])).unwrap();
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:10089");
+        assert_eq!(c.database_url, "sqlite://data/questech.db");
+        assert!(c.service_debug);
+        assert_eq!(c.jwt_access_ttl, Duration::from_secs(900));
+        assert_eq!(c.jwt_refresh_ttl, Duration::from_secs(2_592_000));
+        assert_eq!(c.llm_max_concurrency, 256);
+        assert_eq!(c.llm_queue_capacity, 1024);
+        assert_eq!(c.user_rpm, 60);
+        assert_eq!(c.user_max_inflight, 4);
+        assert_eq!(c.signup_bonus_credits, 100);
+        assert_eq!(c.max_upload_bytes, 10_485_760);
+        assert_eq!(c.sms_provider, SmsProvider::Log);
+        assert!(c.jwt_secret.0.len() >= 32);
+    }
+
+    #[test]
+    fn generated_dev_secret_is_kept() {
+        let m = map(&[]);
+        let a = Config::from_map(&m).unwrap();
+        let b = Config::from_map(&m).unwrap();
+        assert_eq!(a.jwt_secret, b.jwt_secret);
+        assert_eq!(a.encryption_key, b.encryption_key);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("BIND_ADDR", "nope"),
+            ("DATABASE_URL", "postgres://x"),
+            ("REDIS_URL", "::"),
+            ("USER_RPM", "sixty"),
+            ("JWT_SECRET_KEY", "short"),
+            ("SERVICE_DEBUG", "maybe"),
+            ("ENCRYPTION_KEY", "AAAA"),
+            ("SMS_PROVIDER", "pigeon"),
+            ("OPENAI_BASE_URL", "not a url"),
+        ] {
+            let e = Config::from_map(&map(&[(k, v)])).unwrap_err();
+            assert_eq!(e.var, k, "{e}");
+            assert!(e.to_string().contains(k));
+        }
+    }
+
+    #[test]
+    fn production_requires_jwt_secret() {
+        let e = Config::from_map(&map(&[("DATABASE_URL", "mysql://root@localhost/x")])).unwrap_err();
+        assert_eq!(e.var, "JWT_SECRET_KEY");
+        let c = Config::from_map(&map(&[
+            ("DATABASE_URL", "mysql://root@localhost/x"),
+            ("SERVICE_DEBUG", "true"),
+        ]))
+        .unwrap();
+        assert!(c.service_debug);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::from_map(&map(&[("OPENAI_API_KEY", "sk-very-secret")])).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sk-very-secret"));
+        assert!(!dbg.contains(&c.jwt_secret.0));
+    }
+}

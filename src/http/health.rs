@@ -1,0 +1,61 @@
+//! `GET /health` (SPEC §12): database and cache round trips with their latencies.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::state::AppState;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+fn check(result: Result<anyhow::Result<Duration>, tokio::time::error::Elapsed>) -> (bool, Value) {
+    match result {
+        Ok(Ok(d)) => (
+            true,
+            json!({"status": "up", "latency_ms": (d.as_secs_f64() * 1e6).round() / 1e3}),
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health check failed");
+            (false, json!({"status": "down", "error": "unreachable"}))
+        }
+        Err(_) => (false, json!({"status": "down", "error": "timeout"})),
+    }
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let (db, cache) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, async {
+            state.cache.ping().await.map_err(anyhow::Error::from)
+        }),
+    );
+    let (db_ok, mut db_json) = check(db);
+    let (cache_ok, mut cache_json) = check(cache);
+    db_json["dialect"] = json!(format!("{:?}", state.db.dialect).to_lowercase());
+    cache_json["backend"] = json!(state.cache.backend());
+    let llm = json!({"status": "up"});
+    let healthy = db_ok && cache_ok;
+    let status = if healthy { "healthy" } else { "unhealthy" };
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(json!({
+            "status": status,
+            "node_id": state.config.node_id,
+            "checks": {"database": db_json, "cache": cache_json, "llm": llm},
+        })),
+    )
+}

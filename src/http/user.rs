@@ -1,0 +1,398 @@
+//! Accounts (SPEC §5): register, login, refresh, logout, profile, ledger.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use super::{ClientIp, Json, PageQuery, Query};
+use crate::auth::{self, password, AuthUser};
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use crate::storage::{self, ledger, sessions, users, Paged};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/register", post(register))
+        .route("/login", post(login))
+        .route("/token/refresh", post(refresh))
+        .route("/logout", post(logout))
+        .route("/me", get(me).patch(patch_me))
+        .route("/credits/ledger", get(ledger_list))
+}
+
+#[derive(Serialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+}
+
+#[derive(Serialize)]
+pub struct UserAndTokens {
+    pub user: users::UserView,
+    pub tokens: Tokens,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+}
+
+// ---- validation -------------------------------------------------------------------------------
+
+pub fn validate_username(u: &str) -> Result<()> {
+    let ok = (3..=20).contains(&u.len())
+        && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "username",
+            "must be 3 to 20 characters of letters, digits and underscore",
+        ))
+    }
+}
+
+pub fn validate_password(p: &str, field: &str) -> Result<()> {
+    let n = p.chars().count();
+    if (8..=128).contains(&n) {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, "must be 8 to 128 characters"))
+    }
+}
+
+fn validate_nickname(n: &str) -> Result<()> {
+    if n.chars().count() > 64 || n.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "nickname",
+            "must be at most 64 characters with no control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_avatar_url(u: &str) -> Result<()> {
+    let ok = u.is_empty()
+        || (u.len() <= 1024
+            && (u.starts_with("/static/")
+                || url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"))));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "avatar_url",
+            "must be an http(s) URL or a /static/ path of at most 1024 characters",
+        ))
+    }
+}
+
+// ---- sessions -----------------------------------------------------------------------------------
+
+/// Opens a session (one per device/login) and issues its first token pair.
+pub async fn open_session(
+    state: &AppState,
+    user: &users::UserRow,
+    headers: &HeaderMap,
+    ip: &str,
+) -> Result<Tokens> {
+    let sid = crate::ids::next_id();
+    let refresh = auth::random_token("rt_");
+    let ttl_ms = state.config.jwt_refresh_ttl.as_millis() as i64;
+    let device = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    sessions::create(
+        &state.db,
+        sid,
+        user.id,
+        device,
+        ip,
+        &auth::token_hash(&refresh),
+        crate::time::now_ms() + ttl_ms,
+    )
+    .await?;
+    Ok(Tokens {
+        access_token: state.jwt.issue(user.id, sid, &user.role)?,
+        refresh_token: refresh,
+        token_type: "Bearer",
+        expires_in: state.jwt.ttl_secs(),
+    })
+}
+
+/// The user object as the owner sees it (phone masked).
+pub fn user_view(state: &AppState, u: &users::UserRow) -> users::UserView {
+    let _ = state;
+    u.view(None)
+}
+
+// ---- handlers -----------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    username: String,
+    password: String,
+    nickname: Option<String>,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Json(body): Json<RegisterBody>,
+) -> Result<impl IntoResponse> {
+    validate_username(&body.username)?;
+    validate_password(&body.password, "password")?;
+    let nickname = body.nickname.unwrap_or_else(|| body.username.clone());
+    validate_nickname(&nickname)?;
+    if users::by_username(&state.db, &body.username).await?.is_some() {
+        return Err(Error::Conflict("username already taken".into()));
+    }
+    let hash = password::hash(body.password, state.config.bcrypt_cost).await?;
+    let user = users::create(
+        &state.db,
+        users::NewUser {
+            id: crate::ids::next_id(),
+            username: &body.username,
+            password_hash: Some(&hash),
+            nickname: &nickname,
+            role: "user",
+            phone_enc: None,
+            phone_hash: None,
+            apple_sub: None,
+            signup_bonus: state.config.signup_bonus_credits,
+        },
+    )
+    .await?;
+    let tokens = open_session(&state, &user, &headers, &ip).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserAndTokens {
+            user: user_view(&state, &user),
+            tokens,
+            created: None,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// Per-account and per-IP failure counters (fixed window, shared through the cache).
+struct LoginLimiter<'a> {
+    state: &'a AppState,
+    acct_key: String,
+    ip_key: String,
+}
+
+impl LoginLimiter<'_> {
+    async fn check(&self) -> Result<()> {
+        let cfg = &self.state.config;
+        for (key, max) in [
+            (&self.acct_key, cfg.login_max_failures_per_account),
+            (&self.ip_key, cfg.login_max_failures_per_ip),
+        ] {
+            if max == 0 {
+                continue;
+            }
+            let n: i64 = self
+                .state
+                .cache
+                .get(key)
+                .await?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if n >= i64::from(max) {
+                let ttl = self.state.cache.ttl(key).await?.unwrap_or_default();
+                return Err(Error::RateLimited {
+                    retry_after: ttl.as_secs().max(1),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn failed(&self) -> Result<()> {
+        let w = self.state.config.login_failure_window;
+        self.state.cache.incr(&self.acct_key, w).await?;
+        self.state.cache.incr(&self.ip_key, w).await?;
+        Ok(())
+    }
+
+    async fn succeeded(&self) -> Result<()> {
+        self.state.cache.del(&self.acct_key).await?;
+        Ok(())
+    }
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Json(body): Json<LoginBody>,
+) -> Result<Json<UserAndTokens>> {
+    if body.username.is_empty() || body.username.len() > 64 {
+        return Err(Error::invalid("username", "required"));
+    }
+    if body.password.is_empty() || body.password.len() > 512 {
+        return Err(Error::invalid("password", "required"));
+    }
+    let limiter = LoginLimiter {
+        state: &state,
+        acct_key: format!("lf:acct:{}", body.username.to_ascii_lowercase()),
+        ip_key: format!("lf:ip:{ip}"),
+    };
+    limiter.check().await?;
+    let user = users::by_username(&state.db, &body.username).await?;
+    let ok = match user.as_ref().and_then(|u| u.password_hash.clone()) {
+        Some(hash) => password::verify(body.password, hash).await?,
+        None => {
+            password::dummy_verify(body.password, state.config.bcrypt_cost).await;
+            false
+        }
+    };
+    let user = match (ok, user) {
+        (true, Some(u)) => u,
+        _ => {
+            limiter.failed().await?;
+            return Err(Error::Unauthorized("invalid username or password".into()));
+        }
+    };
+    limiter.succeeded().await?;
+    if user.is_disabled() {
+        return Err(Error::Forbidden("this account is disabled".into()));
+    }
+    let tokens = open_session(&state, &user, &headers, &ip).await?;
+    Ok(Json(UserAndTokens {
+        user: user_view(&state, &user),
+        tokens,
+        created: None,
+    }))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+#[derive(Serialize)]
+struct TokensOnly {
+    tokens: Tokens,
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshBody>,
+) -> Result<Json<TokensOnly>> {
+    if body.refresh_token.is_empty() || body.refresh_token.len() > 256 {
+        return Err(Error::Unauthorized("invalid refresh token".into()));
+    }
+    let new_refresh = auth::random_token("rt_");
+    let ttl_ms = state.config.jwt_refresh_ttl.as_millis() as i64;
+    let rotation = sessions::rotate(
+        &state.db,
+        &auth::token_hash(&body.refresh_token),
+        &auth::token_hash(&new_refresh),
+        ttl_ms,
+    )
+    .await?;
+    match rotation {
+        sessions::Rotation::Rotated {
+            session_id,
+            user_id,
+        } => {
+            let user = users::by_id(&state.db, user_id)
+                .await?
+                .filter(|u| !u.is_disabled())
+                .ok_or_else(|| Error::Unauthorized("invalid refresh token".into()))?;
+            Ok(Json(TokensOnly {
+                tokens: Tokens {
+                    access_token: state.jwt.issue(user.id, session_id, &user.role)?,
+                    refresh_token: new_refresh,
+                    token_type: "Bearer",
+                    expires_in: state.jwt.ttl_secs(),
+                },
+            }))
+        }
+        sessions::Rotation::Reused { session_id, .. } => {
+            tracing::warn!(session_id, "refresh token reuse: session revoked");
+            auth::revoke_sessions(&state, &[session_id]).await?;
+            Err(Error::Unauthorized("refresh token reused; session revoked".into()))
+        }
+        sessions::Rotation::Invalid => Err(Error::Unauthorized("invalid refresh token".into())),
+    }
+}
+
+async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
+    auth::revoke_sessions(&state, &[user.session_id]).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn load_user(state: &AppState, user: &AuthUser) -> Result<users::UserRow> {
+    users::by_id(&state.db, user.user_id)
+        .await?
+        .ok_or_else(|| Error::Unauthorized("user no longer exists".into()))
+}
+
+async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<users::UserView>> {
+    let row = load_user(&state, &user).await?;
+    Ok(Json(user_view(&state, &row)))
+}
+
+#[derive(Deserialize)]
+struct PatchMe {
+    nickname: Option<String>,
+    avatar_url: Option<String>,
+    password: Option<String>,
+    old_password: Option<String>,
+}
+
+async fn patch_me(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<PatchMe>,
+) -> Result<Json<users::UserView>> {
+    if let Some(n) = &body.nickname {
+        validate_nickname(n)?;
+    }
+    if let Some(a) = &body.avatar_url {
+        validate_avatar_url(a)?;
+    }
+    let row = load_user(&state, &user).await?;
+    let mut patch = users::ProfilePatch {
+        nickname: body.nickname,
+        avatar_url: body.avatar_url,
+        password_hash: None,
+    };
+    if let Some(new) = body.password {
+        validate_password(&new, "password")?;
+        // Changing a password needs the old one, unless the account never had one (SMS/Apple).
+        if let Some(hash) = row.password_hash.clone() {
+            let old = body
+                .old_password
+                .ok_or_else(|| Error::invalid("old_password", "required to change the password"))?;
+            if !password::verify(old, hash).await? {
+                return Err(Error::Unauthorized("old_password is wrong".into()));
+            }
+        }
+        patch.password_hash = Some(password::hash(new, state.config.bcrypt_cost).await?);
+    }
+    users::update_profile(&state.db, row.id, patch).await?;
+    let row = load_user(&state, &user).await?;
+    Ok(Json(user_view(&state, &row)))
+}
+
+async fn ledger_list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paged<ledger::LedgerRow>>> {
+    let page = q.page();
+    let (items, total) = ledger::list(&state.db, user.user_id, page).await?;
+    Ok(Json(storage::Paged::new(items, page, total)))
+}
