@@ -106,6 +106,10 @@ pub struct Config {
     pub max_upload_bytes: u64,
     pub metrics_token: Option<Secret>,
     pub node_id: String,
+    /// Delay between the `echo` model's words (`ECHO_DELAY_MS`, default 20).
+    pub echo_delay_ms: u64,
+    /// Base of the LLM retry backoff (`LLM_BACKOFF_BASE_MS`, default 200).
+    pub llm_backoff_base_ms: u64,
     /// bcrypt cost (`BCRYPT_COST`, default 12; tests use 4).
     pub bcrypt_cost: u32,
     /// Where generated dev secrets and the SQLite file live (`DATA_DIR`, default `data`).
@@ -330,6 +334,8 @@ impl Config {
             node_id,
             bcrypt_cost,
             data_dir,
+            echo_delay_ms: v.num("ECHO_DELAY_MS", 20u64)?,
+            llm_backoff_base_ms: v.num("LLM_BACKOFF_BASE_MS", 200u64)?,
         };
         if cfg.signup_bonus_credits < 0 {
             return Err(err("SIGNUP_BONUS_CREDITS", "must not be negative"));

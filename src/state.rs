@@ -1,12 +1,18 @@
-//! Shared application state: configuration, storage, cache, keys. Cheap to clone (one `Arc`).
+//! Shared application state: configuration, storage, cache, keys and the engine. Cheap to clone
+//! (one `Arc`).
 
 use std::ops::Deref;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::auth::jwt::JwtKeys;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::engine::{CacheLimits, ModelCache, RedisFanout};
 use crate::storage::Db;
+use questech_actors::Engine;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -16,6 +22,14 @@ pub struct Inner {
     pub db: Db,
     pub cache: Cache,
     pub jwt: JwtKeys,
+    pub engine: Engine,
+    pub models: ModelCache,
+    pub limits: Arc<CacheLimits>,
+    pub fanout: Option<Arc<RedisFanout>>,
+    /// Background work (turn finalisers, fan-out) that shutdown waits for.
+    pub tracker: TaskTracker,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
 }
 
 impl Deref for AppState {
@@ -26,17 +40,46 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// Connects storage and cache, applies migrations, and seeds what an empty database needs.
+    /// Connects storage and cache, applies migrations, seeds what an empty database needs,
+    /// releases what a previous run of this node left reserved, and starts the engine.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
         let db = Db::connect(&config.database_url, config.database_read_url.as_deref()).await?;
         db.migrate().await?;
         let cache = Cache::connect(config.redis_url.as_deref(), &config.redis_prefix).await?;
         let jwt = JwtKeys::new(&config.jwt_secret.0, config.jwt_access_ttl.as_secs());
+        let released = crate::storage::chat::release_stale(&db, &config.node_id).await?;
+        if released > 0 {
+            tracing::warn!(released, "released reservations left by an earlier run");
+        }
+        let providers = crate::llm::build_providers(
+            &config,
+            std::time::Duration::from_millis(config.echo_delay_ms),
+        );
+        crate::storage::models::seed(&db, |p| providers.contains_key(p)).await?;
+        drop(providers);
+        let models = ModelCache::new(db.clone(), cache.clone());
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let built = crate::engine::start(
+            &config,
+            &db,
+            &cache,
+            models.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         Ok(AppState(Arc::new(Inner {
             config: Arc::new(config),
             db,
             cache,
             jwt,
+            engine: built.engine,
+            models,
+            limits: built.limits,
+            fanout: built.fanout,
+            tracker,
+            shutdown,
         })))
     }
 }

@@ -105,6 +105,9 @@ CREATE TABLE conversations (
     agent_id      INTEGER,
     system_prompt TEXT,
     last_seq      INTEGER NOT NULL DEFAULT 0,
+    turn_id       INTEGER,
+    turn_node     TEXT,
+    turn_expires  INTEGER,
     deleted_at    INTEGER,
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL

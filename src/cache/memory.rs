@@ -99,6 +99,18 @@ impl MemoryCache {
         n
     }
 
+    pub fn decr(&self, key: &str) -> i64 {
+        let now = Instant::now();
+        match self.map.get_mut(key) {
+            Some(mut e) if e.live(now) => {
+                let n = (e.value.parse::<i64>().unwrap_or(0) - 1).max(0);
+                e.value = n.to_string();
+                n
+            }
+            _ => 0,
+        }
+    }
+
     pub fn ttl(&self, key: &str) -> Option<Duration> {
         let now = Instant::now();
         self.map

@@ -85,6 +85,14 @@ impl Cache {
         }
     }
 
+    /// Decrements a counter, never below zero.
+    pub async fn decr(&self, key: &str) -> CacheResult<i64> {
+        match self {
+            Cache::Memory(m) => Ok(m.decr(key)),
+            Cache::Redis(r) => r.decr(key).await,
+        }
+    }
+
     /// Remaining lifetime of a key, if it exists and expires.
     pub async fn ttl(&self, key: &str) -> CacheResult<Option<Duration>> {
         match self {

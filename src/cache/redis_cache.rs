@@ -86,6 +86,21 @@ impl RedisCache {
         Ok(n)
     }
 
+    pub async fn decr(&self, key: &str) -> CacheResult<i64> {
+        // Never below zero, atomically.
+        let script = redis::Script::new(
+            "local v = tonumber(redis.call('GET', KEYS[1]) or '0'); if v > 0 then return redis.call('DECR', KEYS[1]) else return 0 end",
+        );
+        Ok(script
+            .key(self.key(key))
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub async fn ttl(&self, key: &str) -> CacheResult<Option<Duration>> {
         let t: i64 = self.conn.clone().pttl(self.key(key)).await?;
         Ok((t > 0).then(|| Duration::from_millis(t as u64)))

@@ -1,7 +1,10 @@
 //! The front door: routes grouped by area, the extractors that map rejections to the spec's
 //! error shape, and the layers every request passes through.
 
+pub mod admin;
+pub mod chat;
 pub mod health;
+pub mod models;
 pub mod user;
 
 use std::net::SocketAddr;
@@ -111,6 +114,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
         .nest("/user", user::routes())
+        .nest("/chat", chat::routes())
+        .nest("/admin", admin::routes())
+        .merge(models::routes())
+        .route("/ws", axum::routing::get(crate::ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))

@@ -5,7 +5,10 @@
 //! databases (`?` placeholders, integers, text and reals only). Where the dialects differ,
 //! the difference lives in [`Dialect`] and nowhere else.
 
+pub mod agents;
+pub mod chat;
 pub mod ledger;
+pub mod models;
 pub mod sessions;
 pub mod users;
 

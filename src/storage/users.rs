@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::{Db, Page};
+use super::{Db, Dialect, Page};
 use crate::error::{Error, Result};
 use crate::time::now_ms;
 
@@ -81,10 +81,22 @@ pub struct NewUser<'a> {
 pub async fn create(db: &Db, u: NewUser<'_>) -> Result<UserRow> {
     let now = now_ms();
     let mut tx = db.begin_write().await?;
-    let res = sqlx::query(
-        "INSERT INTO users (id, username, password_hash, nickname, avatar_url, phone_enc, phone_hash, apple_sub, role, disabled, credits, reserved, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, 0, ?, 0, ?, ?)",
-    )
+    // Usernames are unique regardless of letter case (see `by_username`). MySQL's unique key
+    // already compares case-insensitively; SQLite's compares bytes, so there the insert itself
+    // checks for another spelling. The insert is the transaction's first statement, so it holds
+    // SQLite's write lock while it checks: two racing registrations cannot both pass.
+    let insert = match db.dialect {
+        Dialect::MySql => {
+            "INSERT INTO users (id, username, password_hash, nickname, avatar_url, phone_enc, phone_hash, apple_sub, role, disabled, credits, reserved, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, 0, ?, 0, ?, ?)"
+        }
+        Dialect::Sqlite => {
+            "INSERT INTO users (id, username, password_hash, nickname, avatar_url, phone_enc, phone_hash, apple_sub, role, disabled, credits, reserved, created_at, updated_at) \
+             SELECT ?, ?, ?, ?, '', ?, ?, ?, ?, 0, ?, 0, ?, ? \
+             WHERE NOT EXISTS (SELECT 1 FROM users WHERE username = ? COLLATE NOCASE)"
+        }
+    };
+    let mut q = sqlx::query(insert)
     .bind(u.id)
     .bind(u.username)
     .bind(u.password_hash)
@@ -95,14 +107,20 @@ pub async fn create(db: &Db, u: NewUser<'_>) -> Result<UserRow> {
     .bind(u.role)
     .bind(u.signup_bonus)
     .bind(now)
-    .bind(now)
-    .execute(&mut *tx)
-    .await;
-    if let Err(e) = res {
-        return Err(match Error::from(e) {
-            Error::Conflict(_) => Error::Conflict("username or phone already taken".into()),
-            other => other,
-        });
+    .bind(now);
+    if db.dialect == Dialect::Sqlite {
+        q = q.bind(u.username);
+    }
+    let taken = || Error::Conflict("username or phone already taken".into());
+    match q.execute(&mut *tx).await {
+        Ok(r) if r.rows_affected() == 0 => return Err(taken()),
+        Ok(_) => {}
+        Err(e) => {
+            return Err(match Error::from(e) {
+                Error::Conflict(_) => taken(),
+                other => other,
+            })
+        }
     }
     if u.signup_bonus > 0 {
         sqlx::query(
@@ -139,13 +157,17 @@ pub async fn by_id(db: &Db, id: i64) -> Result<Option<UserRow>> {
         .await?)
 }
 
+/// Finds a user by name, ignoring letter case (`Alice` and `alice` are one account on every
+/// backend: MySQL's default collation is case-insensitive, SQLite needs `COLLATE NOCASE`).
 pub async fn by_username(db: &Db, username: &str) -> Result<Option<UserRow>> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE username = ?"))
-            .bind(username)
-            .fetch_optional(&db.write)
-            .await?,
-    )
+    let sql = match db.dialect {
+        Dialect::MySql => format!("SELECT {COLS} FROM users WHERE username = ?"),
+        Dialect::Sqlite => format!("SELECT {COLS} FROM users WHERE username = ? COLLATE NOCASE"),
+    };
+    Ok(sqlx::query_as(&sql)
+        .bind(username)
+        .fetch_optional(&db.write)
+        .await?)
 }
 
 pub async fn by_phone_hash(db: &Db, phone_hash: &str) -> Result<Option<UserRow>> {

@@ -21,7 +21,7 @@ fn node() -> u64 {
 /// A new unique id. Lock-free; at most 1024 ids per millisecond per process, after which it
 /// borrows from the next millisecond (ids stay unique and increasing).
 pub fn next_id() -> i64 {
-    let now = (crate::time::now_ms() as u64).saturating_sub(EPOCH_MS);
+    let now = (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(EPOCH_MS);
     let mut cur = STATE.load(Ordering::Relaxed);
     loop {
         // STATE holds (ms << SEQ_BITS) | seq of the last id handed out.

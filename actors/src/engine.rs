@@ -1,0 +1,532 @@
+//! The engine: the registry, the supervisor, the LLM pool and the ports, behind one handle the
+//! front door uses. The front door holds no chat state: it calls these methods.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conversation::{ConvArgs, ConvMsg, Conversation, SendTurn, TurnHandle};
+use crate::error::EngineError;
+use crate::events::{ErrorBody, Frame};
+use crate::metrics::{
+    ActorCounts, EngineSnapshot, MailboxState, MailboxTop, Metrics, RateMeter, Restarts, Turns,
+};
+use crate::ports::{Fanout, Limits, Store};
+use crate::pool::PoolHandle;
+use crate::registry::{Entry, Kind, Registry};
+use crate::user_session::{UserArgs, UserMsg, UserSession};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub node_id: String,
+    /// Idle actors stop after this.
+    pub actor_idle: Duration,
+    /// How long a turn's cross-node lock holds if its node dies mid-turn.
+    pub turn_lock: Duration,
+    /// Outbound frames queued per WebSocket before the client counts as too slow.
+    pub ws_queue: usize,
+    /// Messages waiting in one actor's mailbox above which new work is refused.
+    pub mailbox_limit: usize,
+    /// Restarts of one actor within `restart_window` after which the supervisor gives up.
+    pub max_restarts: usize,
+    pub restart_window: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node_id: "node".into(),
+            actor_idle: Duration::from_secs(300),
+            turn_lock: Duration::from_secs(600),
+            ws_queue: 1024,
+            mailbox_limit: 10_000,
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Core {
+    pub cfg: EngineConfig,
+    pub store: Arc<dyn Store>,
+    pub limits: Arc<dyn Limits>,
+    pub fanout: Arc<dyn Fanout>,
+    pub pool: PoolHandle,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    turn_rate: RateMeter,
+    supervisor: OnceLock<ActorRef<SupMsg>>,
+}
+
+/// Cheap-to-clone handle to the engine.
+#[derive(Clone)]
+pub struct Engine(pub Arc<Core>);
+
+impl std::ops::Deref for Engine {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.0
+    }
+}
+
+impl Engine {
+    pub async fn start(
+        cfg: EngineConfig,
+        store: Arc<dyn Store>,
+        limits: Arc<dyn Limits>,
+        fanout: Arc<dyn Fanout>,
+        pool: PoolHandle,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, ractor::SpawnErr> {
+        let core = Arc::new(Core {
+            cfg,
+            store,
+            limits,
+            fanout,
+            pool,
+            registry: Registry::default(),
+            metrics: Metrics::default(),
+            tracker,
+            shutdown,
+            turn_rate: RateMeter::default(),
+            supervisor: OnceLock::new(),
+        });
+        let (sup, _) = Actor::spawn(None, Supervisor, core.clone()).await?;
+        let _ = core.supervisor.set(sup);
+        Ok(Engine(core))
+    }
+
+    fn supervisor(&self) -> Result<&ActorRef<SupMsg>, EngineError> {
+        self.supervisor
+            .get()
+            .ok_or_else(|| EngineError::Internal("engine not started".into()))
+    }
+
+    /// The user's session actor on this node, started if needed.
+    pub async fn user(&self, user_id: i64) -> Result<Entry<UserMsg>, EngineError> {
+        if let Some(e) = self.registry.user(user_id) {
+            return Ok(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.supervisor()?
+            .cast(SupMsg::GetUser(user_id, tx))
+            .map_err(|_| EngineError::Internal("supervisor stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Internal("supervisor dropped request".into()))?
+    }
+
+    /// The conversation's actor on this node, started if needed.
+    pub async fn conversation(&self, conv_id: i64) -> Result<Entry<ConvMsg>, EngineError> {
+        if let Some(e) = self.registry.conversation(conv_id) {
+            return Ok(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.supervisor()?
+            .cast(SupMsg::GetConv(conv_id, tx))
+            .map_err(|_| EngineError::Internal("supervisor stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Internal("supervisor dropped request".into()))?
+    }
+
+    /// Sends to a conversation actor, restarting it if it just stopped.
+    pub async fn send_conversation(&self, conv_id: i64, msg: ConvMsg) -> Result<(), EngineError> {
+        let mut msg = msg;
+        for _ in 0..3 {
+            let entry = self.conversation(conv_id).await?;
+            if entry.depth() >= self.cfg.mailbox_limit {
+                self.metrics.mailbox_rejections.fetch_add(1, Ordering::Relaxed);
+                return Err(EngineError::Overloaded { retry_after: 1 });
+            }
+            match entry.send(msg) {
+                Ok(()) => return Ok(()),
+                Err(back) => {
+                    // Stopped between lookup and send (idle stop): forget it and retry.
+                    self.registry
+                        .conversations
+                        .remove_if(&conv_id, |_, e| e.actor.get_id() == entry.actor.get_id());
+                    msg = back;
+                }
+            }
+        }
+        Err(EngineError::Internal("conversation actor unavailable".into()))
+    }
+
+    /// Sends to a user session actor, restarting it if it just stopped.
+    pub async fn send_user(&self, user_id: i64, msg: UserMsg) -> Result<(), EngineError> {
+        let mut msg = msg;
+        for _ in 0..3 {
+            let entry = self.user(user_id).await?;
+            if entry.depth() >= self.cfg.mailbox_limit {
+                self.metrics.mailbox_rejections.fetch_add(1, Ordering::Relaxed);
+                return Err(EngineError::Overloaded { retry_after: 1 });
+            }
+            match entry.send(msg) {
+                Ok(()) => return Ok(()),
+                Err(back) => {
+                    self.registry
+                        .users
+                        .remove_if(&user_id, |_, e| e.actor.get_id() == entry.actor.get_id());
+                    msg = back;
+                }
+            }
+        }
+        Err(EngineError::Internal("user actor unavailable".into()))
+    }
+
+    /// Starts a chat turn for a user. The turn's first answer (stored user message, or a
+    /// rejection) comes on `ack`; later updates on `updates`.
+    pub async fn send_chat(
+        &self,
+        conversation_id: i64,
+        turn: SendTurnRequest,
+    ) -> Result<TurnHandle, EngineError> {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let (up_tx, up_rx) = mpsc::unbounded_channel();
+        let send = SendTurn {
+            user_id: turn.user_id,
+            unlimited: turn.unlimited,
+            content: turn.content,
+            client_msg_id: turn.client_msg_id,
+            model: turn.model,
+            ack: ack_tx,
+            updates: Some(up_tx),
+        };
+        self.send_user(
+            turn.user_id,
+            UserMsg::Chat {
+                conversation_id,
+                send: Box::new(send),
+            },
+        )
+        .await?;
+        Ok(TurnHandle {
+            ack: ack_rx,
+            updates: up_rx,
+        })
+    }
+
+    /// Delivers a frame to the user's devices on this node and, through the fan-out, on the
+    /// others.
+    pub fn publish(&self, user_id: i64, frame: &Frame) {
+        let bytes = frame.to_bytes();
+        self.deliver_local(user_id, bytes.clone());
+        self.fanout.publish(user_id, bytes);
+    }
+
+    /// Delivers a frame to this node's devices of the user only (used for frames that came
+    /// from another node).
+    pub fn deliver_local(&self, user_id: i64, bytes: Bytes) {
+        if let Some(e) = self.registry.user(user_id) {
+            let _ = e.send(UserMsg::Deliver(bytes));
+        }
+    }
+
+    /// Closes every socket of the user on this node (account disabled).
+    pub fn kick_local(&self, user_id: i64) {
+        if let Some(e) = self.registry.user(user_id) {
+            let _ = e.send(UserMsg::Kick);
+        }
+    }
+
+    /// Stops a conversation's actor (conversation deleted).
+    pub fn stop_conversation(&self, conv_id: i64) {
+        if let Some((_, e)) = self.registry.conversations.remove(&conv_id) {
+            e.actor.stop(Some("deleted".into()));
+        }
+    }
+
+    /// Invalidates a conversation actor's cached state (model or title changed).
+    pub fn reload_conversation(&self, conv_id: i64) {
+        if let Some(e) = self.registry.conversation(conv_id) {
+            let _ = e.send(ConvMsg::Reload);
+        }
+    }
+
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let (max_depth, largest) = self.registry.depths(5);
+        let m = &self.metrics;
+        let completed = m.turns_completed.load(Ordering::Relaxed);
+        let failed = m.turns_failed.load(Ordering::Relaxed);
+        let cancelled = m.turns_cancelled.load(Ordering::Relaxed);
+        EngineSnapshot {
+            node_id: self.cfg.node_id.clone(),
+            actors: ActorCounts {
+                user_session: self.registry.users.len(),
+                conversation: self.registry.conversations.len(),
+            },
+            websocket_connections: m.ws_connections.load(Ordering::Relaxed),
+            mailbox: MailboxState {
+                max_depth,
+                largest: largest
+                    .into_iter()
+                    .map(|(kind, id, depth)| MailboxTop {
+                        kind,
+                        id: id.to_string(),
+                        depth,
+                    })
+                    .collect(),
+                rejected_total: m.mailbox_rejections.load(Ordering::Relaxed),
+            },
+            restarts: Restarts {
+                user_session: m.restarts_user_session.load(Ordering::Relaxed),
+                conversation: m.restarts_conversation.load(Ordering::Relaxed),
+            },
+            turns: Turns {
+                started: m.turns_started.load(Ordering::Relaxed),
+                completed,
+                failed,
+                cancelled,
+                per_second: self.turn_rate.rate(completed + failed + cancelled),
+                credits_charged: m.credits_charged.load(Ordering::Relaxed),
+            },
+            llm: self.pool.snapshot(),
+        }
+    }
+
+    /// Number of turns in flight on this node (for graceful shutdown).
+    pub fn turns_in_flight(&self) -> u64 {
+        let m = &self.metrics;
+        m.turns_started.load(Ordering::Relaxed).saturating_sub(
+            m.turns_completed.load(Ordering::Relaxed)
+                + m.turns_failed.load(Ordering::Relaxed)
+                + m.turns_cancelled.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What the front door passes to start a turn.
+pub struct SendTurnRequest {
+    pub user_id: i64,
+    /// Role `admin`: no per-user limits.
+    pub unlimited: bool,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub model: Option<String>,
+}
+
+// ---- supervision ------------------------------------------------------------------------------
+
+pub enum SupMsg {
+    GetUser(i64, oneshot::Sender<Result<Entry<UserMsg>, EngineError>>),
+    GetConv(i64, oneshot::Sender<Result<Entry<ConvMsg>, EngineError>>),
+}
+
+/// Starts user-session and conversation actors linked to itself, and restarts them when they
+/// fail (ractor has no restart strategies, and its default would stop the supervisor).
+struct Supervisor;
+
+struct SupState {
+    core: Arc<Core>,
+    children: HashMap<ActorId, (Kind, i64)>,
+    failures: HashMap<(Kind, i64), VecDeque<Instant>>,
+}
+
+impl SupState {
+    async fn spawn_user(
+        &mut self,
+        myself: &ActorRef<SupMsg>,
+        user_id: i64,
+    ) -> Result<Entry<UserMsg>, EngineError> {
+        if let Some(e) = self.core.registry.user(user_id) {
+            return Ok(e);
+        }
+        let depth = Arc::new(AtomicUsize::new(0));
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            UserSession,
+            UserArgs {
+                user_id,
+                core: self.core.clone(),
+                depth: depth.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await
+        .map_err(EngineError::internal)?;
+        self.children
+            .insert(actor.get_id(), (Kind::UserSession, user_id));
+        let entry = Entry {
+            actor,
+            depth,
+            owner: Arc::new(AtomicI64::new(user_id)),
+        };
+        self.core.registry.users.insert(user_id, entry.clone());
+        Ok(entry)
+    }
+
+    async fn spawn_conv(
+        &mut self,
+        myself: &ActorRef<SupMsg>,
+        conv_id: i64,
+    ) -> Result<Entry<ConvMsg>, EngineError> {
+        if let Some(e) = self.core.registry.conversation(conv_id) {
+            return Ok(e);
+        }
+        let depth = Arc::new(AtomicUsize::new(0));
+        let owner = Arc::new(AtomicI64::new(0));
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            Conversation,
+            ConvArgs {
+                conversation_id: conv_id,
+                core: self.core.clone(),
+                depth: depth.clone(),
+                owner: owner.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await
+        .map_err(EngineError::internal)?;
+        self.children
+            .insert(actor.get_id(), (Kind::Conversation, conv_id));
+        let entry = Entry {
+            actor,
+            depth,
+            owner,
+        };
+        self.core
+            .registry
+            .conversations
+            .insert(conv_id, entry.clone());
+        Ok(entry)
+    }
+
+    /// Forgets a stopped child; returns its kind, id and (for a conversation) owner.
+    fn forget(&mut self, cell: &ActorCell) -> Option<(Kind, i64, i64)> {
+        let (kind, id) = self.children.remove(&cell.get_id())?;
+        let mut owner = 0;
+        match kind {
+            Kind::UserSession => {
+                self.core
+                    .registry
+                    .users
+                    .remove_if(&id, |_, e| e.actor.get_id() == cell.get_id());
+            }
+            Kind::Conversation => {
+                if let Some((_, e)) = self
+                    .core
+                    .registry
+                    .conversations
+                    .remove_if(&id, |_, e| e.actor.get_id() == cell.get_id())
+                {
+                    owner = e.owner.load(Ordering::Relaxed);
+                }
+            }
+        }
+        Some((kind, id, owner))
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = Arc<Core>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        core: Arc<Core>,
+    ) -> Result<SupState, ActorProcessingErr> {
+        Ok(SupState {
+            core,
+            children: HashMap::new(),
+            failures: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupMsg>,
+        msg: SupMsg,
+        state: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupMsg::GetUser(id, reply) => {
+                let r = state.spawn_user(&myself, id).await;
+                let _ = reply.send(r);
+            }
+            SupMsg::GetConv(id, reply) => {
+                let r = state.spawn_conv(&myself, id).await;
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        evt: SupervisionEvent,
+        state: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                // A normal stop (idle, deleted): the next message starts it again.
+                state.forget(&cell);
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some((kind, id, owner)) = state.forget(&cell) else {
+                    return Ok(());
+                };
+                tracing::error!(?kind, id, error = %err, "actor failed; restarting");
+                state.core.metrics.restart(kind);
+                if kind == Kind::Conversation {
+                    // The turn in flight (if any) is lost: release what it held and tell the
+                    // user, so the client sees an error rather than a silent hang.
+                    let core = state.core.clone();
+                    core.tracker.clone().spawn(async move {
+                        if let Err(e) = core.store.abort_turn(id, None).await {
+                            tracing::error!(conversation_id = id, error = %e, "abort of lost turn failed");
+                        }
+                        if owner != 0 {
+                            let engine = Engine(core.clone());
+                            let err = EngineError::Internal("the turn was lost; please retry".into());
+                            engine.publish(
+                                owner,
+                                &Frame::ChatError {
+                                    id: None,
+                                    conversation_id: id,
+                                    error: ErrorBody::from(&err),
+                                },
+                            );
+                            core.limits.release(owner, false).await;
+                        }
+                    });
+                }
+                // Give up restarting an actor that keeps failing; it is started again on demand.
+                let window = state.core.cfg.restart_window;
+                let max = state.core.cfg.max_restarts;
+                let hist = state.failures.entry((kind, id)).or_default();
+                let now = Instant::now();
+                hist.push_back(now);
+                while hist.front().is_some_and(|t| now.duration_since(*t) > window) {
+                    hist.pop_front();
+                }
+                if hist.len() > max {
+                    tracing::error!(?kind, id, "actor keeps failing; not restarting it");
+                    return Ok(());
+                }
+                // Restart: the new actor rebuilds its state from the database.
+                let restarted = match kind {
+                    Kind::UserSession => state.spawn_user(&myself, id).await.map(|_| ()),
+                    Kind::Conversation => state.spawn_conv(&myself, id).await.map(|_| ()),
+                };
+                if let Err(e) = restarted {
+                    tracing::error!(?kind, id, error = %e, "restart failed");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

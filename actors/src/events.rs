@@ -1,0 +1,151 @@
+//! What the engine tells clients: the server → client frames of SPEC §8 (also the SSE events of
+//! §7), and the message object they carry. A frame is serialised once and the bytes are shared
+//! by every device that receives it.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+
+fn ser_id<S: serde::Serializer>(id: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+fn ser_time<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    let t = chrono::DateTime::from_timestamp_millis(*ms).unwrap_or_default();
+    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MsgUsage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// A stored chat message (SPEC §7 message object).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StoredMessage {
+    #[serde(serialize_with = "ser_id")]
+    pub id: i64,
+    #[serde(serialize_with = "ser_id")]
+    pub conversation_id: i64,
+    pub seq: i64,
+    pub role: String,
+    pub content: String,
+    pub status: String,
+    pub model: String,
+    pub usage: MsgUsage,
+    pub credits_charged: i64,
+    pub client_msg_id: Option<String>,
+    #[serde(serialize_with = "ser_time")]
+    pub created_at: i64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Credits {
+    pub charged: i64,
+    pub balance: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl From<&EngineError> for ErrorBody {
+    fn from(e: &EngineError) -> Self {
+        ErrorBody {
+            code: e.code().to_owned(),
+            message: e.public_message(),
+            retry_after: e.retry_after(),
+        }
+    }
+}
+
+/// Server → client frames.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type")]
+pub enum Frame {
+    #[serde(rename = "hello")]
+    Hello {
+        user_id: String,
+        session_id: String,
+        credits: i64,
+        server_time: String,
+    },
+    #[serde(rename = "chat.ack")]
+    Ack {
+        id: Option<String>,
+        #[serde(serialize_with = "ser_id")]
+        conversation_id: i64,
+        message: StoredMessage,
+    },
+    #[serde(rename = "chat.delta")]
+    Delta {
+        #[serde(serialize_with = "ser_id")]
+        conversation_id: i64,
+        #[serde(serialize_with = "ser_id")]
+        message_id: i64,
+        index: u64,
+        delta: String,
+    },
+    #[serde(rename = "chat.done")]
+    Done {
+        #[serde(serialize_with = "ser_id")]
+        conversation_id: i64,
+        message: StoredMessage,
+        credits: Credits,
+    },
+    #[serde(rename = "chat.error")]
+    ChatError {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(serialize_with = "ser_id")]
+        conversation_id: i64,
+        error: ErrorBody,
+    },
+    #[serde(rename = "message")]
+    Message { message: StoredMessage },
+    #[serde(rename = "credits.updated")]
+    CreditsUpdated {
+        balance: i64,
+        delta: i64,
+        reason: String,
+    },
+    #[serde(rename = "sync.done")]
+    SyncDone {
+        #[serde(serialize_with = "ser_id")]
+        conversation_id: i64,
+        last_seq: i64,
+    },
+    #[serde(rename = "pong")]
+    Pong,
+    #[serde(rename = "error")]
+    Error { error: ErrorBody },
+}
+
+impl Frame {
+    /// The frame as JSON bytes (serialised once, shared by every receiver).
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// The `type` of the frame (the SSE event name).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Ack { .. } => "chat.ack",
+            Frame::Delta { .. } => "chat.delta",
+            Frame::Done { .. } => "chat.done",
+            Frame::ChatError { .. } => "chat.error",
+            Frame::Message { .. } => "message",
+            Frame::CreditsUpdated { .. } => "credits.updated",
+            Frame::SyncDone { .. } => "sync.done",
+            Frame::Pong => "pong",
+            Frame::Error { .. } => "error",
+        }
+    }
+}

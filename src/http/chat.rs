@@ -1,0 +1,379 @@
+//! Stateful chat over REST and SSE (SPEC §7). Conversations and history are read from the
+//! database; sending goes through the engine (user-session → conversation actor → LLM pool).
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Json, PageQuery, Path, Query};
+use crate::auth::{AuthUser, Role};
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use crate::storage::{self, chat, Paged};
+use questech_actors::conversation::{Ack, TurnUpdate};
+use questech_actors::engine::SendTurnRequest;
+use questech_actors::events::{Credits, ErrorBody, Frame};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/conversations", get(list).post(create))
+        .route(
+            "/conversations/{id}",
+            get(get_one).patch(patch).delete(delete),
+        )
+        .route("/conversations/{id}/messages", get(messages).post(send))
+}
+
+pub fn parse_id(s: &str) -> Result<i64> {
+    crate::ids::parse(s).ok_or_else(|| Error::NotFound("not found".into()))
+}
+
+fn check_text(field: &str, v: &str, max_chars: usize) -> Result<()> {
+    if v.chars().count() > max_chars {
+        return Err(Error::invalid(field, &format!("must be at most {max_chars} characters")));
+    }
+    Ok(())
+}
+
+/// The model a new conversation or turn uses: usable (enabled, provider configured) or
+/// `model_not_found`.
+pub async fn usable_model(state: &AppState, id: &str) -> Result<storage::models::ModelRow> {
+    match state.models.get(id).await? {
+        Some(m) if m.enabled != 0 && state.engine.pool.has_provider(&m.provider) => Ok(m),
+        _ => Err(Error::ModelNotFound(id.to_owned())),
+    }
+}
+
+/// `DEFAULT_MODEL`, else `echo` in debug, else the first usable model.
+pub async fn default_model(state: &AppState) -> Result<String> {
+    if let Some(m) = &state.config.default_model {
+        return Ok(m.clone());
+    }
+    let all = state.models.all().await?;
+    if state.config.service_debug && all.iter().any(|m| m.id == "echo" && m.enabled != 0) {
+        return Ok("echo".into());
+    }
+    all.into_iter()
+        .find(|m| m.enabled != 0 && state.engine.pool.has_provider(&m.provider))
+        .map(|m| m.id)
+        .ok_or_else(|| Error::ModelNotFound("no model is enabled".into()))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    title: Option<String>,
+    model: Option<String>,
+    agent_id: Option<String>,
+    system_prompt: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<CreateBody>,
+) -> Result<impl IntoResponse> {
+    let title = body.title.unwrap_or_default();
+    check_text("title", &title, 255)?;
+    if let Some(sp) = &body.system_prompt {
+        check_text("system_prompt", sp, 100_000)?;
+    }
+    let agent = match &body.agent_id {
+        Some(a) => Some(
+            storage::agents::get_published(&state.db, a)
+                .await?
+                .ok_or_else(|| Error::NotFound("agent not found".into()))?,
+        ),
+        None => None,
+    };
+    let model = match (&body.model, &agent) {
+        (Some(m), _) => m.clone(),
+        (None, Some(a)) => a.model.clone(),
+        (None, None) => default_model(&state).await?,
+    };
+    usable_model(&state, &model).await?;
+    let system_prompt = body
+        .system_prompt
+        .or_else(|| agent.as_ref().map(|a| a.system_prompt.clone()));
+    let conv = chat::create_conversation(
+        &state.db,
+        chat::NewConversation {
+            id: crate::ids::next_id(),
+            user_id: user.user_id,
+            title: &title,
+            model: &model,
+            agent_id: agent.as_ref().map(|a| a.id),
+            system_prompt: system_prompt.as_deref(),
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(conv)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paged<chat::ConversationRow>>> {
+    let page = q.page();
+    let (items, total) = chat::list_conversations(&state.db, user.user_id, page).await?;
+    Ok(Json(Paged::new(items, page, total)))
+}
+
+async fn load(state: &AppState, user: &AuthUser, id: &str) -> Result<chat::ConversationRow> {
+    chat::get_conversation(&state.db, user.user_id, parse_id(id)?)
+        .await?
+        .ok_or_else(|| Error::NotFound("conversation not found".into()))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<chat::ConversationRow>> {
+    Ok(Json(load(&state, &user, &id).await?))
+}
+
+#[derive(Deserialize)]
+struct PatchBody {
+    title: Option<String>,
+    model: Option<String>,
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    Json(body): Json<PatchBody>,
+) -> Result<Json<chat::ConversationRow>> {
+    let conv = load(&state, &user, &id).await?;
+    if let Some(t) = &body.title {
+        check_text("title", t, 255)?;
+    }
+    if let Some(m) = &body.model {
+        usable_model(&state, m).await?;
+    }
+    chat::update_conversation(
+        &state.db,
+        user.user_id,
+        conv.id,
+        body.title.as_deref(),
+        body.model.as_deref(),
+    )
+    .await?;
+    state.engine.reload_conversation(conv.id);
+    Ok(Json(load(&state, &user, &id).await?))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let id = parse_id(&id)?;
+    if !chat::delete_conversation(&state.db, user.user_id, id).await? {
+        return Err(Error::NotFound("conversation not found".into()));
+    }
+    state.engine.stop_conversation(id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn messages(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    Query(q): Query<MessagesQuery>,
+) -> Result<Json<serde_json::Value>> {
+    let conv = load(&state, &user, &id).await?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let (items, has_more) =
+        chat::messages_after(&state.db, conv.id, q.after_seq.unwrap_or(0).max(0), limit).await?;
+    Ok(Json(json!({"items": items, "has_more": has_more})))
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    content: String,
+    client_msg_id: Option<String>,
+    model: Option<String>,
+    stream: Option<bool>,
+}
+
+/// Validates a chat message's fields (shared with the WebSocket).
+pub fn validate_send(content: &str, client_msg_id: Option<&str>) -> Result<()> {
+    if content.trim().is_empty() {
+        return Err(Error::invalid("content", "must not be empty"));
+    }
+    check_text("content", content, 32_000)?;
+    if let Some(c) = client_msg_id {
+        if c.is_empty() || c.len() > 128 {
+            return Err(Error::invalid("client_msg_id", "must be 1 to 128 characters"));
+        }
+    }
+    Ok(())
+}
+
+async fn send(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<SendBody>,
+) -> Result<Response> {
+    validate_send(&body.content, body.client_msg_id.as_deref())?;
+    let conv = load(&state, &user, &id).await?;
+    if let Some(m) = &body.model {
+        usable_model(&state, m).await?;
+    }
+    let wants_sse = body.stream.unwrap_or(false)
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+    let mut handle = state
+        .engine
+        .send_chat(
+            conv.id,
+            SendTurnRequest {
+                user_id: user.user_id,
+                unlimited: user.role == Role::Admin,
+                content: body.content,
+                client_msg_id: body.client_msg_id.clone(),
+                model: body.model,
+            },
+        )
+        .await?;
+    let ack = (&mut handle.ack)
+        .await
+        .map_err(|_| Error::Internal(anyhow::anyhow!("turn dropped before acknowledgement")))??;
+    match ack {
+        Ack::Duplicate {
+            user_message,
+            assistant_message,
+        } => {
+            let balance = storage::users::by_id(&state.db, user.user_id)
+                .await?
+                .map(|u| u.credits)
+                .unwrap_or(0);
+            let charged = assistant_message.as_ref().map(|m| m.credits_charged).unwrap_or(0);
+            Ok(Json(json!({
+                "user_message": user_message,
+                "assistant_message": assistant_message,
+                "credits": Credits { charged, balance },
+                "duplicate": true,
+            }))
+            .into_response())
+        }
+        Ack::Started { user_message, .. } if wants_sse => {
+            let ack = Frame::Ack {
+                id: body.client_msg_id,
+                conversation_id: conv.id,
+                message: user_message,
+            };
+            Ok(sse(conv.id, ack, handle.updates).into_response())
+        }
+        Ack::Started { user_message, .. } => {
+            while let Some(u) = handle.updates.recv().await {
+                match u {
+                    TurnUpdate::Delta { .. } => {}
+                    TurnUpdate::Done { message, credits } => {
+                        return Ok(Json(json!({
+                            "user_message": user_message,
+                            "assistant_message": message,
+                            "credits": credits,
+                        }))
+                        .into_response())
+                    }
+                    TurnUpdate::Failed { error, .. } => return Err(error.into()),
+                }
+            }
+            Err(Error::Internal(anyhow::anyhow!("turn ended without an answer")))
+        }
+    }
+}
+
+fn event(frame: &Frame) -> Event {
+    Event::default()
+        .event(frame.kind())
+        .data(String::from_utf8_lossy(&frame.to_bytes()))
+}
+
+/// The turn as SSE: `chat.ack`, `chat.delta`…, then `chat.done` or `chat.error`.
+fn sse(
+    conversation_id: i64,
+    ack: Frame,
+    mut updates: tokio::sync::mpsc::UnboundedReceiver<TurnUpdate>,
+) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
+    let stream = async_stream_lite(move |tx| async move {
+        let _ = tx.send(event(&ack));
+        while let Some(u) = updates.recv().await {
+            let (frame, last) = match u {
+                TurnUpdate::Delta {
+                    message_id,
+                    index,
+                    delta,
+                } => (
+                    Frame::Delta {
+                        conversation_id,
+                        message_id,
+                        index,
+                        delta,
+                    },
+                    false,
+                ),
+                TurnUpdate::Done { message, credits } => (
+                    Frame::Done {
+                        conversation_id,
+                        message,
+                        credits,
+                    },
+                    true,
+                ),
+                TurnUpdate::Failed { error, .. } => (
+                    Frame::ChatError {
+                        id: None,
+                        conversation_id,
+                        error: ErrorBody::from(&error),
+                    },
+                    true,
+                ),
+            };
+            if tx.send(event(&frame)).is_err() {
+                // The client went away; the turn goes on and is stored.
+                return;
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A tiny generator: runs `f` with a sender and yields what it sends.
+fn async_stream_lite<F, Fut>(
+    f: F,
+) -> impl Stream<Item = std::result::Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(f(tx));
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok(e), rx))
+    })
+}

@@ -1,0 +1,564 @@
+//! Conversations, messages, and the two transactions of a chat turn.
+//!
+//! `begin_turn` takes the conversation's cross-node turn lock, assigns the user message its
+//! `seq`, stores it and reserves the turn's maximum cost — all or nothing. `finish_turn` stores
+//! the assistant message with the next `seq`, releases the reservation, charges the actual
+//! cost with its ledger row and usage log, and frees the lock — all or nothing. Between the two
+//! no transaction is open (never across an LLM call).
+
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{Db, Page};
+use crate::error::{Error, Result};
+use crate::time::now_ms;
+use questech_actors::events::{MsgUsage, StoredMessage};
+use questech_actors::ports::{BeginOutcome, BeginTurn, ConversationSnapshot, FinishOutcome, FinishTurn};
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct ConversationRow {
+    #[serde(serialize_with = "crate::time::ser_id")]
+    pub id: i64,
+    #[serde(skip)]
+    pub user_id: i64,
+    pub title: String,
+    pub model: String,
+    #[serde(serialize_with = "crate::time::ser_opt_id")]
+    pub agent_id: Option<i64>,
+    #[serde(skip)]
+    pub system_prompt: Option<String>,
+    #[serde(serialize_with = "crate::time::ser")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::time::ser")]
+    pub updated_at: i64,
+    pub last_seq: i64,
+}
+
+const CONV_COLS: &str =
+    "id, user_id, title, model, agent_id, system_prompt, created_at, updated_at, last_seq";
+
+#[derive(Debug, Clone, FromRow)]
+pub struct MessageRow {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub seq: i64,
+    pub role: String,
+    pub content: String,
+    pub status: String,
+    pub model: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub credits_charged: i64,
+    pub client_msg_id: Option<String>,
+    pub created_at: i64,
+}
+
+const MSG_COLS: &str = "id, conversation_id, seq, role, content, status, model, prompt_tokens, completion_tokens, credits_charged, client_msg_id, created_at";
+
+impl From<MessageRow> for StoredMessage {
+    fn from(m: MessageRow) -> Self {
+        StoredMessage {
+            id: m.id,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            role: m.role,
+            content: m.content,
+            status: m.status,
+            model: m.model,
+            usage: MsgUsage {
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens,
+            },
+            credits_charged: m.credits_charged,
+            client_msg_id: m.client_msg_id,
+            created_at: m.created_at,
+        }
+    }
+}
+
+pub struct NewConversation<'a> {
+    pub id: i64,
+    pub user_id: i64,
+    pub title: &'a str,
+    pub model: &'a str,
+    pub agent_id: Option<i64>,
+    pub system_prompt: Option<&'a str>,
+}
+
+pub async fn create_conversation(db: &Db, c: NewConversation<'_>) -> Result<ConversationRow> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO conversations (id, user_id, title, model, agent_id, system_prompt, last_seq, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+    )
+    .bind(c.id)
+    .bind(c.user_id)
+    .bind(c.title)
+    .bind(c.model)
+    .bind(c.agent_id)
+    .bind(c.system_prompt)
+    .bind(now)
+    .bind(now)
+    .execute(&db.write)
+    .await?;
+    Ok(ConversationRow {
+        id: c.id,
+        user_id: c.user_id,
+        title: c.title.to_owned(),
+        model: c.model.to_owned(),
+        agent_id: c.agent_id,
+        system_prompt: c.system_prompt.map(str::to_owned),
+        created_at: now,
+        updated_at: now,
+        last_seq: 0,
+    })
+}
+
+/// A live conversation of this user (another user's or a deleted one is `None`).
+pub async fn get_conversation(db: &Db, user_id: i64, id: i64) -> Result<Option<ConversationRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {CONV_COLS} FROM conversations WHERE id = ? AND user_id = ? AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(&db.write)
+    .await?)
+}
+
+pub async fn list_conversations(
+    db: &Db,
+    user_id: i64,
+    page: Page,
+) -> Result<(Vec<ConversationRow>, i64)> {
+    let total: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM conversations WHERE user_id = ? AND deleted_at IS NULL",
+    )
+    .bind(user_id)
+    .fetch_one(&db.read)
+    .await?;
+    let items = sqlx::query_as(&format!(
+        "SELECT {CONV_COLS} FROM conversations WHERE user_id = ? AND deleted_at IS NULL ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?"
+    ))
+    .bind(user_id)
+    .bind(page.page_size)
+    .bind(page.offset())
+    .fetch_all(&db.read)
+    .await?;
+    Ok((items, total))
+}
+
+pub async fn update_conversation(
+    db: &Db,
+    user_id: i64,
+    id: i64,
+    title: Option<&str>,
+    model: Option<&str>,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE conversations SET title = COALESCE(?, title), model = COALESCE(?, model), updated_at = ? WHERE id = ? AND user_id = ? AND deleted_at IS NULL",
+    )
+    .bind(title)
+    .bind(model)
+    .bind(now_ms())
+    .bind(id)
+    .bind(user_id)
+    .execute(&db.write)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub async fn delete_conversation(db: &Db, user_id: i64, id: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE conversations SET deleted_at = ? WHERE id = ? AND user_id = ? AND deleted_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .bind(user_id)
+    .execute(&db.write)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Messages after `after_seq`, ascending; one more than `limit` is fetched to tell `has_more`.
+pub async fn messages_after(
+    db: &Db,
+    conversation_id: i64,
+    after_seq: i64,
+    limit: i64,
+) -> Result<(Vec<StoredMessage>, bool)> {
+    let mut rows: Vec<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+    ))
+    .bind(conversation_id)
+    .bind(after_seq)
+    .bind(limit + 1)
+    .fetch_all(&db.read)
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    Ok((rows.into_iter().map(Into::into).collect(), has_more))
+}
+
+pub async fn load_snapshot(db: &Db, id: i64, keep: i64) -> Result<Option<ConversationSnapshot>> {
+    let Some(c): Option<ConversationRow> = sqlx::query_as(&format!(
+        "SELECT {CONV_COLS} FROM conversations WHERE id = ? AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .fetch_optional(&db.write)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let mut rows: Vec<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND status IN ('complete', 'cancelled') ORDER BY seq DESC LIMIT ?"
+    ))
+    .bind(id)
+    .bind(keep)
+    .fetch_all(&db.write)
+    .await?;
+    rows.reverse();
+    Ok(Some(ConversationSnapshot {
+        id: c.id,
+        user_id: c.user_id,
+        model: c.model,
+        system_prompt: c.system_prompt,
+        last_seq: c.last_seq,
+        history: rows.into_iter().map(Into::into).collect(),
+    }))
+}
+
+async fn find_by_client_id(
+    db: &Db,
+    conversation_id: i64,
+    client_msg_id: &str,
+) -> Result<Option<(StoredMessage, Option<StoredMessage>)>> {
+    let user: Option<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND client_msg_id = ?"
+    ))
+    .bind(conversation_id)
+    .bind(client_msg_id)
+    .fetch_optional(&db.write)
+    .await?;
+    let Some(user) = user else { return Ok(None) };
+    let reply: Option<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND seq = ? AND role = 'assistant'"
+    ))
+    .bind(conversation_id)
+    .bind(user.seq + 1)
+    .fetch_optional(&db.write)
+    .await?;
+    Ok(Some((user.into(), reply.map(Into::into))))
+}
+
+pub async fn begin_turn(db: &Db, t: BeginTurn) -> Result<BeginOutcome> {
+    if let Some(cid) = &t.user_message.client_msg_id {
+        if let Some((u, a)) = find_by_client_id(db, t.conversation_id, cid).await? {
+            return Ok(BeginOutcome::Duplicate {
+                user_message: u,
+                assistant_message: a,
+            });
+        }
+    }
+    let now = now_ms();
+    let mut tx = db.begin_write().await?;
+    let locked = sqlx::query(
+        "UPDATE conversations SET last_seq = last_seq + 1, turn_id = ?, turn_node = ?, turn_expires = ?, updated_at = ? \
+         WHERE id = ? AND user_id = ? AND deleted_at IS NULL AND (turn_id IS NULL OR turn_expires < ?)",
+    )
+    .bind(t.turn_id)
+    .bind(&t.node_id)
+    .bind(now + t.lock_ms)
+    .bind(now)
+    .bind(t.conversation_id)
+    .bind(t.user_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if locked == 0 {
+        tx.rollback().await?;
+        let exists: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM conversations WHERE id = ? AND user_id = ? AND deleted_at IS NULL",
+        )
+        .bind(t.conversation_id)
+        .bind(t.user_id)
+        .fetch_optional(&db.write)
+        .await?;
+        return Ok(if exists.is_some() {
+            BeginOutcome::Busy
+        } else {
+            BeginOutcome::NotFound
+        });
+    }
+    let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
+        .bind(t.conversation_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let reserved = sqlx::query(
+        "UPDATE users SET reserved = reserved + ? WHERE id = ? AND credits - reserved >= ?",
+    )
+    .bind(t.reserve)
+    .bind(t.user_id)
+    .bind(t.reserve)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if reserved == 0 {
+        tx.rollback().await?;
+        return Ok(BeginOutcome::InsufficientCredits);
+    }
+    let reservation_id = crate::ids::next_id();
+    sqlx::query(
+        "INSERT INTO credit_reservations (id, user_id, amount, node_id, ref_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(reservation_id)
+    .bind(t.user_id)
+    .bind(t.reserve)
+    .bind(&t.node_id)
+    .bind(t.turn_id.to_string())
+    .bind(now)
+    .bind(now + t.lock_ms)
+    .execute(&mut *tx)
+    .await?;
+    let mut m = t.user_message;
+    m.seq = seq;
+    let inserted = insert_message(&mut tx, &m).await;
+    if let Err(e) = inserted {
+        tx.rollback().await?;
+        if let (Error::Conflict(_), Some(cid)) = (&e, &m.client_msg_id) {
+            // The same client id raced in from another device: answer with what was stored.
+            if let Some((u, a)) = find_by_client_id(db, m.conversation_id, cid).await? {
+                return Ok(BeginOutcome::Duplicate {
+                    user_message: u,
+                    assistant_message: a,
+                });
+            }
+        }
+        return Err(e);
+    }
+    tx.commit().await?;
+    Ok(BeginOutcome::Started {
+        user_message: m,
+        reservation_id,
+    })
+}
+
+async fn insert_message(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    m: &StoredMessage,
+) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO messages ({MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(m.id)
+    .bind(m.conversation_id)
+    .bind(m.seq)
+    .bind(&m.role)
+    .bind(&m.content)
+    .bind(&m.status)
+    .bind(&m.model)
+    .bind(m.usage.prompt_tokens)
+    .bind(m.usage.completion_tokens)
+    .bind(m.credits_charged)
+    .bind(&m.client_msg_id)
+    .bind(m.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Releases a reservation (if still open) inside a transaction; returns whether it was open.
+async fn release_reservation(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    reservation_id: i64,
+    user_id: i64,
+    amount: i64,
+) -> Result<bool> {
+    let gone = sqlx::query("DELETE FROM credit_reservations WHERE id = ?")
+        .bind(reservation_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if gone > 0 {
+        sqlx::query("UPDATE users SET reserved = reserved - ? WHERE id = ?")
+            .bind(amount)
+            .bind(user_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(gone > 0)
+}
+
+pub async fn finish_turn(db: &Db, t: FinishTurn) -> Result<FinishOutcome> {
+    let now = now_ms();
+    let mut tx = db.begin_write().await?;
+    sqlx::query(
+        "UPDATE conversations SET last_seq = last_seq + 1, turn_id = NULL, turn_node = NULL, turn_expires = NULL, updated_at = ? WHERE id = ?",
+    )
+    .bind(now)
+    .bind(t.conversation_id)
+    .execute(&mut *tx)
+    .await?;
+    let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
+        .bind(t.conversation_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    // Release first, then charge: the charge may use what the reservation held, never more
+    // than leaves other open reservations covered (credits >= reserved at all times).
+    release_reservation(&mut tx, t.reservation_id, t.user_id, t.reserved).await?;
+    let (credits, reserved): (i64, i64) =
+        sqlx::query_as("SELECT credits, reserved FROM users WHERE id = ?")
+            .bind(t.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let charge = t.charge.clamp(0, (credits - reserved).max(0));
+    let balance = credits - charge;
+    let mut m = t.assistant;
+    m.seq = seq;
+    m.credits_charged = charge;
+    insert_message(&mut tx, &m).await?;
+    if charge > 0 {
+        sqlx::query("UPDATE users SET credits = credits - ? WHERE id = ?")
+            .bind(charge)
+            .bind(t.user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO credit_ledger (id, user_id, delta, balance_after, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+        )
+        .bind(crate::ids::next_id())
+        .bind(t.user_id)
+        .bind(-charge)
+        .bind(balance)
+        .bind(t.kind)
+        .bind(m.id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let status = match m.status.as_str() {
+        "complete" => "ok",
+        "cancelled" => "cancelled",
+        _ => "failed",
+    };
+    insert_usage(
+        &mut tx,
+        UsageRow {
+            user_id: t.user_id,
+            kind: t.kind,
+            model: &m.model,
+            api_key_id: None,
+            prompt_tokens: m.usage.prompt_tokens,
+            completion_tokens: m.usage.completion_tokens,
+            credits: charge,
+            latency_ms: t.latency_ms,
+            status,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(FinishOutcome {
+        assistant: m,
+        charged: charge,
+        balance,
+    })
+}
+
+pub struct UsageRow<'a> {
+    pub user_id: i64,
+    pub kind: &'a str,
+    pub model: &'a str,
+    pub api_key_id: Option<i64>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub credits: i64,
+    pub latency_ms: i64,
+    pub status: &'a str,
+}
+
+pub async fn insert_usage(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    u: UsageRow<'_>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO usage_logs (id, user_id, kind, model, api_key_id, prompt_tokens, completion_tokens, credits, latency_ms, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(crate::ids::next_id())
+    .bind(u.user_id)
+    .bind(u.kind)
+    .bind(u.model)
+    .bind(u.api_key_id)
+    .bind(u.prompt_tokens)
+    .bind(u.completion_tokens)
+    .bind(u.credits)
+    .bind(u.latency_ms)
+    .bind(u.status)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Undoes a turn lost to a crash: frees the conversation's lock and releases the turn's
+/// reservation. With `turn_id` None, whatever turn the conversation holds.
+pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> Result<()> {
+    let current: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT turn_id FROM conversations WHERE id = ?")
+            .bind(conversation_id)
+            .fetch_optional(&db.write)
+            .await?;
+    let Some(Some(current)) = current else { return Ok(()) };
+    if turn_id.is_some_and(|t| t != current) {
+        return Ok(());
+    }
+    let mut tx = db.begin_write().await?;
+    let freed = sqlx::query(
+        "UPDATE conversations SET turn_id = NULL, turn_node = NULL, turn_expires = NULL WHERE id = ? AND turn_id = ?",
+    )
+    .bind(conversation_id)
+    .bind(current)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if freed == 0 {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    let res: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, user_id, amount FROM credit_reservations WHERE ref_id = ?",
+    )
+    .bind(current.to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, user_id, amount) in res {
+        release_reservation(&mut tx, id, user_id, amount).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// At start-up: releases reservations and turn locks this node left behind (it crashed or
+/// was killed), and any that expired on any node.
+pub async fn release_stale(db: &Db, node_id: &str) -> Result<u64> {
+    let now = now_ms();
+    let stale: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, user_id, amount FROM credit_reservations WHERE node_id = ? OR expires_at < ?",
+    )
+    .bind(node_id)
+    .bind(now)
+    .fetch_all(&db.write)
+    .await?;
+    let n = stale.len() as u64;
+    for (id, user_id, amount) in stale {
+        let mut tx = db.begin_write().await?;
+        release_reservation(&mut tx, id, user_id, amount).await?;
+        tx.commit().await?;
+    }
+    sqlx::query(
+        "UPDATE conversations SET turn_id = NULL, turn_node = NULL, turn_expires = NULL WHERE turn_id IS NOT NULL AND (turn_node = ? OR turn_expires < ?)",
+    )
+    .bind(node_id)
+    .bind(now)
+    .execute(&db.write)
+    .await?;
+    Ok(n)
+}

@@ -1,0 +1,21 @@
+//! End-to-end tests: the real server on a loopback port, over SQLite and over MySQL + Redis.
+//!
+//! One binary (one link) for every area. MySQL/Redis tests read `TEST_MYSQL_URL` and
+//! `TEST_REDIS_URL`; without them they print `SKIPPED: …` (and fail under `CI=true`).
+//!
+//! ```sh
+//! TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test TEST_REDIS_URL=redis://127.0.0.1:6379 \
+//!     cargo test --test e2e
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod common;
+
+mod accounts;
+mod cli;
+mod errors;
+mod health;
+mod tokens;
+mod scratch;
