@@ -98,9 +98,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let db =
-        crate::storage::Db::connect(&config.database_url, config.database_read_url.as_deref())
-            .await?;
+    let db = crate::storage::Db::connect(&config.database_url, config.database_read_url.as_deref())
+        .await?;
     db.migrate().await?;
     println!("migrations applied");
     Ok(())
@@ -134,6 +133,9 @@ async fn create_user(config: Config, username: String, role: String) -> anyhow::
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("created user {} ({}) with role {}", user.username, user.id, user.role);
+    println!(
+        "created user {} ({}) with role {}",
+        user.username, user.id, user.role
+    );
     Ok(())
 }

@@ -132,9 +132,12 @@ impl Vars<'_> {
     fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T, ConfigError> {
         match self.raw(k) {
             None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| err(k, format!("expected a non-negative whole number, got {v:?}"))),
+            Some(v) => v.parse().map_err(|_| {
+                err(
+                    k,
+                    format!("expected a non-negative whole number, got {v:?}"),
+                )
+            }),
         }
     }
     fn secs(&self, k: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -196,7 +199,12 @@ impl Config {
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Float(f) => f.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
-                    _ => return Err(err(&k, "questech.toml values must be strings, numbers or booleans")),
+                    _ => {
+                        return Err(err(
+                            &k,
+                            "questech.toml values must be strings, numbers or booleans",
+                        ))
+                    }
                 };
                 map.insert(k.to_ascii_uppercase(), s);
             }
@@ -218,7 +226,11 @@ impl Config {
             .parse()
             .map_err(|_| err("BIND_ADDR", "expected host:port, e.g. 127.0.0.1:10089"))?;
         let database_url = v.string("DATABASE_URL", "sqlite://data/questech.db");
-        check_url("DATABASE_URL", &database_url, &["sqlite", "mysql", "mariadb"])?;
+        check_url(
+            "DATABASE_URL",
+            &database_url,
+            &["sqlite", "mysql", "mariadb"],
+        )?;
         let database_read_url = v.opt("DATABASE_READ_URL");
         if let Some(u) = &database_read_url {
             check_url("DATABASE_READ_URL", u, &["sqlite", "mysql", "mariadb"])?;
@@ -243,8 +255,12 @@ impl Config {
                     "required when SERVICE_DEBUG=false and the database is not SQLite",
                 ))
             }
-            None => load_or_generate(&data_dir, "jwt_secret", 48)
-                .map_err(|e| err("JWT_SECRET_KEY", format!("cannot keep a generated key: {e}")))?,
+            None => load_or_generate(&data_dir, "jwt_secret", 48).map_err(|e| {
+                err(
+                    "JWT_SECRET_KEY",
+                    format!("cannot keep a generated key: {e}"),
+                )
+            })?,
         };
         let encryption_key = match v.opt("ENCRYPTION_KEY") {
             Some(s) => decode_key(&s).map_err(|why| err("ENCRYPTION_KEY", why))?,
@@ -256,7 +272,10 @@ impl Config {
             }
             None => {
                 let s = load_or_generate(&data_dir, "encryption_key", 32).map_err(|e| {
-                    err("ENCRYPTION_KEY", format!("cannot keep a generated key: {e}"))
+                    err(
+                        "ENCRYPTION_KEY",
+                        format!("cannot keep a generated key: {e}"),
+                    )
                 })?;
                 decode_key(&s).map_err(|why| err("ENCRYPTION_KEY", why))?
             }
@@ -265,7 +284,10 @@ impl Config {
         let sms_provider = match v.string("SMS_PROVIDER", "log").as_str() {
             "log" => SmsProvider::Log,
             "aliyun" => {
-                let need = |k: &str| v.opt(k).ok_or_else(|| err(k, "required when SMS_PROVIDER=aliyun"));
+                let need = |k: &str| {
+                    v.opt(k)
+                        .ok_or_else(|| err(k, "required when SMS_PROVIDER=aliyun"))
+                };
                 SmsProvider::Aliyun(AliyunSms {
                     access_key_id: need("ALIYUN_ACCESS_KEY_ID")?,
                     access_key_secret: need("ALIYUN_ACCESS_KEY_SECRET")?,
@@ -274,7 +296,12 @@ impl Config {
                     endpoint: v.url("ALIYUN_SMS_ENDPOINT", "https://dysmsapi.aliyuncs.com")?,
                 })
             }
-            other => return Err(err("SMS_PROVIDER", format!("expected log or aliyun, got {other:?}"))),
+            other => {
+                return Err(err(
+                    "SMS_PROVIDER",
+                    format!("expected log or aliyun, got {other:?}"),
+                ))
+            }
         };
 
         let retryable = v.string("LLM_RETRYABLE_STATUSES", "429,500,502,503,504");
@@ -284,7 +311,12 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(|s| s.parse::<u16>().ok().filter(|n| (100..600).contains(n)))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| err("LLM_RETRYABLE_STATUSES", "expected comma-separated HTTP statuses"))?;
+            .ok_or_else(|| {
+                err(
+                    "LLM_RETRYABLE_STATUSES",
+                    "expected comma-separated HTTP statuses",
+                )
+            })?;
 
         let bcrypt_cost = v.num("BCRYPT_COST", 12u32)?;
         if !(4..=31).contains(&bcrypt_cost) {
@@ -355,7 +387,11 @@ fn default_node_id() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|s| !s.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "node".to_owned())
 }
@@ -467,7 +503,8 @@ mod tests {
 
     #[test]
     fn production_requires_jwt_secret() {
-        let e = Config::from_map(&map(&[("DATABASE_URL", "mysql://root@localhost/x")])).unwrap_err();
+        let e =
+            Config::from_map(&map(&[("DATABASE_URL", "mysql://root@localhost/x")])).unwrap_err();
         assert_eq!(e.var, "JWT_SECRET_KEY");
         let c = Config::from_map(&map(&[
             ("DATABASE_URL", "mysql://root@localhost/x"),

@@ -172,7 +172,10 @@ impl Store for SqlStore {
         async move { Ok(self.models.get(&id).await?.map(|m| m.info())) }.boxed()
     }
 
-    fn load_conversation(&self, id: i64) -> BoxFuture<'_, PortResult<Option<ConversationSnapshot>>> {
+    fn load_conversation(
+        &self,
+        id: i64,
+    ) -> BoxFuture<'_, PortResult<Option<ConversationSnapshot>>> {
         async move { Ok(storage::chat::load_snapshot(&self.db, id, 400).await?) }.boxed()
     }
 
@@ -205,12 +208,18 @@ impl Store for SqlStore {
                     }
                 }
             }
-            Err(last.map(EngineError::from).unwrap_or_else(|| EngineError::Internal("finish_turn".into())))
+            Err(last
+                .map(EngineError::from)
+                .unwrap_or_else(|| EngineError::Internal("finish_turn".into())))
         }
         .boxed()
     }
 
-    fn abort_turn(&self, conversation_id: i64, turn_id: Option<i64>) -> BoxFuture<'_, PortResult<()>> {
+    fn abort_turn(
+        &self,
+        conversation_id: i64,
+        turn_id: Option<i64>,
+    ) -> BoxFuture<'_, PortResult<()>> {
         async move { Ok(storage::chat::abort_turn(&self.db, conversation_id, turn_id).await?) }
             .boxed()
     }
@@ -367,7 +376,9 @@ impl RedisFanout {
         if node == self.node.as_bytes() {
             return;
         }
-        let Some(user_id) = std::str::from_utf8(user).ok().and_then(|s| s.parse::<i64>().ok())
+        let Some(user_id) = std::str::from_utf8(user)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
         else {
             return;
         };

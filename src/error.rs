@@ -5,6 +5,23 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// The error body every error response carries (for the OpenAPI document).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ApiError {
+    pub error: ApiErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ApiErrorDetail {
+    /// Human readable.
+    pub message: String,
+    /// The category (`invalid_request_error`, `authentication_error`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The spec's error code (`invalid_request`, `unauthorized`, ...).
+    pub code: String,
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]

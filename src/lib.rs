@@ -16,9 +16,9 @@ pub mod storage;
 pub mod time;
 pub mod ws;
 
-pub use questech_actors::ids;
 pub use config::Config;
 pub use error::{Error, Result};
+pub use questech_actors::ids;
 pub use state::AppState;
 
 /// The whole HTTP application over a built state.

@@ -71,7 +71,11 @@ pub fn token_hash(token: &str) -> String {
 }
 
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -113,7 +117,11 @@ pub async fn revoke_sessions(state: &AppState, sids: &[i64]) -> Result<()> {
         storage::sessions::revoke(&state.db, *sid).await?;
         state
             .cache
-            .set(&session_key(*sid), "revoked", Some(state.config.jwt_access_ttl))
+            .set(
+                &session_key(*sid),
+                "revoked",
+                Some(state.config.jwt_access_ttl),
+            )
             .await?;
     }
     Ok(())

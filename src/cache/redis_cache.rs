@@ -1,11 +1,46 @@
 //! Redis cache: a `ConnectionManager` (multiplexed, reconnects by itself) and a key prefix.
+//!
+//! Every operation is bounded in time: while Redis is unreachable, callers get an error within
+//! [`OP_TIMEOUT`] instead of waiting for a reconnect to finish, and the next call after Redis is
+//! back reconnects at once.
 
+use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
 use super::CacheResult;
+
+/// The longest any cache operation may take, reconnecting included.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Settings for every Redis `ConnectionManager` of the process (use it for any other manager
+/// too, e.g. pub/sub publishers).
+///
+/// The crate's defaults are unusable here: its retry `factor` (100) is fed to an exponential
+/// backoff whose delays start at 1 s, so one failed reconnect waits 1 s, then 60 s, … across six
+/// retries, and every command issued meanwhile waits on that reconnect, with no timeout.
+pub fn connection_manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(2))
+        .set_number_of_retries(1)
+        .set_factor(1)
+        .set_max_delay(100)
+}
+
+/// Runs one Redis round trip with [`OP_TIMEOUT`].
+async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> CacheResult<T> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "redis operation timed out",
+        ))
+        .into()),
+    }
+}
 
 #[derive(Clone)]
 pub struct RedisCache {
@@ -21,11 +56,8 @@ fn ms(d: Duration) -> u64 {
 impl RedisCache {
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let conn =
+            ConnectionManager::new_with_config(client.clone(), connection_manager_config()).await?;
         Ok(RedisCache {
             conn,
             client,
@@ -42,47 +74,47 @@ impl RedisCache {
     }
 
     pub async fn get(&self, key: &str) -> CacheResult<Option<String>> {
-        Ok(self.conn.clone().get(self.key(key)).await?)
+        let mut c = self.conn.clone();
+        timed(c.get(self.key(key))).await
     }
 
     pub async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> CacheResult<()> {
         let mut c = self.conn.clone();
         match ttl {
-            Some(t) => c.pset_ex::<_, _, ()>(self.key(key), value, ms(t)).await?,
-            None => c.set::<_, _, ()>(self.key(key), value).await?,
+            Some(t) => timed(c.pset_ex::<_, _, ()>(self.key(key), value, ms(t))).await,
+            None => timed(c.set::<_, _, ()>(self.key(key), value)).await,
         }
-        Ok(())
     }
 
     pub async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool> {
-        let r: Option<String> = redis::cmd("SET")
-            .arg(self.key(key))
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key))
             .arg(value)
             .arg("NX")
             .arg("PX")
-            .arg(ms(ttl))
-            .query_async(&mut self.conn.clone())
-            .await?;
+            .arg(ms(ttl));
+        let r: Option<String> = timed(cmd.query_async(&mut c)).await?;
         Ok(r.is_some())
     }
 
     pub async fn del(&self, key: &str) -> CacheResult<()> {
-        self.conn.clone().del::<_, ()>(self.key(key)).await?;
-        Ok(())
+        let mut c = self.conn.clone();
+        timed(c.del::<_, ()>(self.key(key))).await
     }
 
     pub async fn incr(&self, key: &str, window: Duration) -> CacheResult<i64> {
         let k = self.key(key);
         // INCR and the window's expiry in one round trip; NX keeps the first increment's window.
-        let (n, _): (i64, i64) = redis::pipe()
-            .atomic()
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .incr(&k, 1)
             .cmd("PEXPIRE")
             .arg(&k)
             .arg(ms(window))
-            .arg("NX")
-            .query_async(&mut self.conn.clone())
-            .await?;
+            .arg("NX");
+        let (n, _): (i64, i64) = timed(pipe.query_async(&mut c)).await?;
         Ok(n)
     }
 
@@ -91,10 +123,8 @@ impl RedisCache {
         let script = redis::Script::new(
             "local v = tonumber(redis.call('GET', KEYS[1]) or '0'); if v > 0 then return redis.call('DECR', KEYS[1]) else return 0 end",
         );
-        Ok(script
-            .key(self.key(key))
-            .invoke_async(&mut self.conn.clone())
-            .await?)
+        let mut c = self.conn.clone();
+        timed(script.key(self.key(key)).invoke_async(&mut c)).await
     }
 
     pub fn prefix(&self) -> &str {
@@ -102,14 +132,14 @@ impl RedisCache {
     }
 
     pub async fn ttl(&self, key: &str) -> CacheResult<Option<Duration>> {
-        let t: i64 = self.conn.clone().pttl(self.key(key)).await?;
+        let mut c = self.conn.clone();
+        let t: i64 = timed(c.pttl(self.key(key))).await?;
         Ok((t > 0).then(|| Duration::from_millis(t as u64)))
     }
 
     pub async fn ping(&self) -> CacheResult<()> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let mut c = self.conn.clone();
+        let _: String = timed(redis::cmd("PING").query_async(&mut c)).await?;
         Ok(())
     }
 }

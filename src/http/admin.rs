@@ -4,10 +4,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{Json, PageQuery, Path, Query};
 use crate::auth::AuthUser;
@@ -17,17 +17,15 @@ use crate::storage::models::{AdminModelView, ModelRow};
 use crate::storage::{self, ledger, Paged};
 use questech_actors::events::Frame;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/models", get(list_models).post(create_model))
-        .route(
-            "/models/{id}",
-            get(get_model).patch(patch_model).delete(delete_model),
-        )
-        .route("/users/{id}/credits", post(grant))
-        .route("/actors", get(actors))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models, create_model))
+        .routes(routes!(get_model, patch_model, delete_model))
+        .routes(routes!(grant))
+        .routes(routes!(actors))
 }
 
+#[utoipa::path(get, path = "/actors", tag = "admin", responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn actors(State(state): State<AppState>, user: AuthUser) -> Result<impl IntoResponse> {
     user.require_admin()?;
     Ok(Json(state.engine.snapshot()))
@@ -51,14 +49,14 @@ fn check_model_id(id: &str) -> Result<()> {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct PriceBody {
     prompt_per_1k: Option<f64>,
     completion_per_1k: Option<f64>,
     per_request: Option<i64>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct ModelBody {
     id: Option<String>,
     provider: Option<String>,
@@ -76,31 +74,46 @@ struct ModelBody {
 fn apply(row: &mut ModelRow, b: ModelBody) -> Result<()> {
     if let Some(p) = b.provider {
         if !PROVIDERS.contains(&p.as_str()) {
-            return Err(Error::invalid("provider", "must be echo, openai or deepseek"));
+            return Err(Error::invalid(
+                "provider",
+                "must be echo, openai or deepseek",
+            ));
         }
         row.provider = p;
     }
     if let Some(u) = b.upstream_model {
         if u.is_empty() || u.len() > 128 {
-            return Err(Error::invalid("upstream_model", "must be 1 to 128 characters"));
+            return Err(Error::invalid(
+                "upstream_model",
+                "must be 1 to 128 characters",
+            ));
         }
         row.upstream_model = Some(u);
     }
     if let Some(d) = b.display_name {
         if d.chars().count() > 128 {
-            return Err(Error::invalid("display_name", "must be at most 128 characters"));
+            return Err(Error::invalid(
+                "display_name",
+                "must be at most 128 characters",
+            ));
         }
         row.display_name = d;
     }
     if let Some(c) = b.context_window {
         if !(1..=10_000_000).contains(&c) {
-            return Err(Error::invalid("context_window", "must be between 1 and 10000000"));
+            return Err(Error::invalid(
+                "context_window",
+                "must be between 1 and 10000000",
+            ));
         }
         row.context_window = c;
     }
     if let Some(m) = b.max_output_tokens {
         if !(1..=1_000_000).contains(&m) {
-            return Err(Error::invalid("max_output_tokens", "must be between 1 and 1000000"));
+            return Err(Error::invalid(
+                "max_output_tokens",
+                "must be between 1 and 1000000",
+            ));
         }
         row.max_output_tokens = m;
     }
@@ -114,19 +127,28 @@ fn apply(row: &mut ModelRow, b: ModelBody) -> Result<()> {
         let ok = |v: f64| v.is_finite() && (0.0..=1_000_000.0).contains(&v);
         if let Some(v) = p.prompt_per_1k {
             if !ok(v) {
-                return Err(Error::invalid("price.prompt_per_1k", "must be between 0 and 1000000"));
+                return Err(Error::invalid(
+                    "price.prompt_per_1k",
+                    "must be between 0 and 1000000",
+                ));
             }
             row.prompt_per_1k = v;
         }
         if let Some(v) = p.completion_per_1k {
             if !ok(v) {
-                return Err(Error::invalid("price.completion_per_1k", "must be between 0 and 1000000"));
+                return Err(Error::invalid(
+                    "price.completion_per_1k",
+                    "must be between 0 and 1000000",
+                ));
             }
             row.completion_per_1k = v;
         }
         if let Some(v) = p.per_request {
             if !(0..=1_000_000).contains(&v) {
-                return Err(Error::invalid("price.per_request", "must be between 0 and 1000000"));
+                return Err(Error::invalid(
+                    "price.per_request",
+                    "must be between 0 and 1000000",
+                ));
             }
             row.per_request = v;
         }
@@ -149,6 +171,7 @@ fn apply(row: &mut ModelRow, b: ModelBody) -> Result<()> {
     Ok(())
 }
 
+#[utoipa::path(get, path = "/models", tag = "admin", params(PageQuery), responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn list_models(
     State(state): State<AppState>,
     user: AuthUser,
@@ -167,6 +190,7 @@ async fn list_models(
     Ok(Json(Paged::new(items, page, total)))
 }
 
+#[utoipa::path(post, path = "/models", tag = "admin", request_body = ModelBody, responses((status = 201, description = "success", body = AdminModelView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn create_model(
     State(state): State<AppState>,
     user: AuthUser,
@@ -209,6 +233,7 @@ async fn create_model(
     Ok((StatusCode::CREATED, Json(row.admin_view())))
 }
 
+#[utoipa::path(get, path = "/models/{id}", tag = "admin", params(("id" = String, Path, description = "id")), responses((status = 200, description = "success", body = AdminModelView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn get_model(
     State(state): State<AppState>,
     user: AuthUser,
@@ -221,6 +246,7 @@ async fn get_model(
     Ok(Json(row.admin_view()))
 }
 
+#[utoipa::path(patch, path = "/models/{id}", tag = "admin", params(("id" = String, Path, description = "id")), request_body = ModelBody, responses((status = 200, description = "success", body = AdminModelView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn patch_model(
     State(state): State<AppState>,
     user: AuthUser,
@@ -244,6 +270,7 @@ async fn patch_model(
     Ok(Json(row.admin_view()))
 }
 
+#[utoipa::path(delete, path = "/models/{id}", tag = "admin", params(("id" = String, Path, description = "id")), responses((status = 204, description = "success"), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn delete_model(
     State(state): State<AppState>,
     user: AuthUser,
@@ -257,12 +284,13 @@ async fn delete_model(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct GrantBody {
     delta: i64,
     reason: String,
 }
 
+#[utoipa::path(post, path = "/users/{id}/credits", tag = "admin", params(("id" = String, Path, description = "id")), request_body = GrantBody, responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn grant(
     State(state): State<AppState>,
     user: AuthUser,
@@ -272,15 +300,25 @@ async fn grant(
     user.require_admin()?;
     let target = crate::ids::parse(&id).ok_or_else(|| Error::NotFound("user not found".into()))?;
     if body.delta == 0 || body.delta.unsigned_abs() > 1_000_000_000 {
-        return Err(Error::invalid("delta", "must be a non-zero whole number up to 1e9 in size"));
+        return Err(Error::invalid(
+            "delta",
+            "must be a non-zero whole number up to 1e9 in size",
+        ));
     }
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 255 {
         return Err(Error::invalid("reason", "must be 1 to 255 characters"));
     }
-    let balance = ledger::adjust(&state.db, target, body.delta, "admin_grant", Some(reason), None)
-        .await?
-        .ok_or_else(|| Error::NotFound("user not found".into()))?;
+    let balance = ledger::adjust(
+        &state.db,
+        target,
+        body.delta,
+        "admin_grant",
+        Some(reason),
+        None,
+    )
+    .await?
+    .ok_or_else(|| Error::NotFound("user not found".into()))?;
     state.engine.publish(
         target,
         &Frame::CreditsUpdated {
@@ -289,5 +327,7 @@ async fn grant(
             reason: "admin_grant".into(),
         },
     );
-    Ok(Json(json!({"user_id": target.to_string(), "balance": balance, "delta": body.delta})))
+    Ok(Json(
+        json!({"user_id": target.to_string(), "balance": balance, "delta": body.delta}),
+    ))
 }

@@ -7,11 +7,11 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{Json, PageQuery, Path, Query};
 use crate::auth::{AuthUser, Role};
@@ -22,14 +22,11 @@ use questech_actors::conversation::{Ack, TurnUpdate};
 use questech_actors::engine::SendTurnRequest;
 use questech_actors::events::{Credits, ErrorBody, Frame};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/conversations", get(list).post(create))
-        .route(
-            "/conversations/{id}",
-            get(get_one).patch(patch).delete(delete),
-        )
-        .route("/conversations/{id}/messages", get(messages).post(send))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, patch, delete))
+        .routes(routes!(messages, send))
 }
 
 pub fn parse_id(s: &str) -> Result<i64> {
@@ -38,7 +35,10 @@ pub fn parse_id(s: &str) -> Result<i64> {
 
 fn check_text(field: &str, v: &str, max_chars: usize) -> Result<()> {
     if v.chars().count() > max_chars {
-        return Err(Error::invalid(field, &format!("must be at most {max_chars} characters")));
+        return Err(Error::invalid(
+            field,
+            &format!("must be at most {max_chars} characters"),
+        ));
     }
     Ok(())
 }
@@ -67,7 +67,7 @@ pub async fn default_model(state: &AppState) -> Result<String> {
         .ok_or_else(|| Error::ModelNotFound("no model is enabled".into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBody {
     title: Option<String>,
     model: Option<String>,
@@ -75,6 +75,7 @@ struct CreateBody {
     system_prompt: Option<String>,
 }
 
+#[utoipa::path(post, path = "/conversations", tag = "chat", request_body = CreateBody, responses((status = 201, description = "success", body = chat::ConversationRow), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -117,6 +118,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(conv)))
 }
 
+#[utoipa::path(get, path = "/conversations", tag = "chat", params(PageQuery), responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -133,6 +135,7 @@ async fn load(state: &AppState, user: &AuthUser, id: &str) -> Result<chat::Conve
         .ok_or_else(|| Error::NotFound("conversation not found".into()))
 }
 
+#[utoipa::path(get, path = "/conversations/{id}", tag = "chat", params(("id" = String, Path, description = "id")), responses((status = 200, description = "success", body = chat::ConversationRow), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
@@ -141,12 +144,13 @@ async fn get_one(
     Ok(Json(load(&state, &user, &id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PatchBody {
     title: Option<String>,
     model: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/conversations/{id}", tag = "chat", params(("id" = String, Path, description = "id")), request_body = PatchBody, responses((status = 200, description = "success", body = chat::ConversationRow), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn patch(
     State(state): State<AppState>,
     user: AuthUser,
@@ -172,6 +176,7 @@ async fn patch(
     Ok(Json(load(&state, &user, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/conversations/{id}", tag = "chat", params(("id" = String, Path, description = "id")), responses((status = 204, description = "success"), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn delete(
     State(state): State<AppState>,
     user: AuthUser,
@@ -185,12 +190,13 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct MessagesQuery {
     after_seq: Option<i64>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/conversations/{id}/messages", tag = "chat", params(("id" = String, Path, description = "id"), MessagesQuery), responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn messages(
     State(state): State<AppState>,
     user: AuthUser,
@@ -204,7 +210,7 @@ async fn messages(
     Ok(Json(json!({"items": items, "has_more": has_more})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SendBody {
     content: String,
     client_msg_id: Option<String>,
@@ -220,12 +226,16 @@ pub fn validate_send(content: &str, client_msg_id: Option<&str>) -> Result<()> {
     check_text("content", content, 32_000)?;
     if let Some(c) = client_msg_id {
         if c.is_empty() || c.len() > 128 {
-            return Err(Error::invalid("client_msg_id", "must be 1 to 128 characters"));
+            return Err(Error::invalid(
+                "client_msg_id",
+                "must be 1 to 128 characters",
+            ));
         }
     }
     Ok(())
 }
 
+#[utoipa::path(post, path = "/conversations/{id}/messages", tag = "chat", params(("id" = String, Path, description = "id")), request_body = SendBody, responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn send(
     State(state): State<AppState>,
     user: AuthUser,
@@ -268,7 +278,10 @@ async fn send(
                 .await?
                 .map(|u| u.credits)
                 .unwrap_or(0);
-            let charged = assistant_message.as_ref().map(|m| m.credits_charged).unwrap_or(0);
+            let charged = assistant_message
+                .as_ref()
+                .map(|m| m.credits_charged)
+                .unwrap_or(0);
             Ok(Json(json!({
                 "user_message": user_message,
                 "assistant_message": assistant_message,
@@ -300,7 +313,9 @@ async fn send(
                     TurnUpdate::Failed { error, .. } => return Err(error.into()),
                 }
             }
-            Err(Error::Internal(anyhow::anyhow!("turn ended without an answer")))
+            Err(Error::Internal(anyhow::anyhow!(
+                "turn ended without an answer"
+            )))
         }
     }
 }
@@ -364,16 +379,15 @@ fn sse(
 }
 
 /// A tiny generator: runs `f` with a sender and yields what it sends.
-fn async_stream_lite<F, Fut>(
-    f: F,
-) -> impl Stream<Item = std::result::Result<Event, Infallible>>
+fn async_stream_lite<F, Fut>(f: F) -> impl Stream<Item = std::result::Result<Event, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(f(tx));
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok(e), rx))
-    })
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    )
 }

@@ -5,16 +5,16 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health))
 }
 
 fn check(result: Result<anyhow::Result<Duration>, tokio::time::error::Elapsed>) -> (bool, Value) {
@@ -31,6 +31,7 @@ fn check(result: Result<anyhow::Result<Duration>, tokio::time::error::Elapsed>) 
     }
 }
 
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let (db, cache) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()),

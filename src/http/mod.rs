@@ -2,10 +2,20 @@
 //! error shape, and the layers every request passes through.
 
 pub mod admin;
+pub mod admin_content;
+pub mod admin_users;
+pub mod api_keys;
+pub mod apple;
 pub mod chat;
+pub mod content;
 pub mod health;
 pub mod models;
+pub mod ops;
+pub mod sms;
+pub mod toolkit;
+pub mod upload;
 pub mod user;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +28,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::Error;
 use crate::state::AppState;
@@ -44,7 +56,7 @@ pub struct Query<T>(pub T);
 pub struct Path<T>(pub T);
 
 /// `?page=&page_size=` of every paginated list.
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, utoipa::IntoParams)]
 pub struct PageQuery {
     pub page: Option<i64>,
     pub page_size: Option<i64>,
@@ -111,13 +123,31 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole HTTP application. Tests serve exactly this.
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_origins);
-    Router::new()
+    let (router, api) = OpenApiRouter::with_openapi(ops::ApiDoc::openapi())
         .merge(health::routes())
-        .nest("/user", user::routes())
+        .nest(
+            "/user",
+            user::routes()
+                .merge(api_keys::routes())
+                .merge(sms::routes())
+                .merge(apple::routes()),
+        )
         .nest("/chat", chat::routes())
-        .nest("/admin", admin::routes())
+        .nest(
+            "/admin",
+            admin::routes()
+                .merge(admin_users::routes())
+                .merge(admin_content::routes()),
+        )
         .merge(models::routes())
+        .merge(v1::routes())
+        .merge(content::routes())
+        .merge(toolkit::routes())
+        .merge(upload::routes())
+        .split_for_parts();
+    router
         .route("/ws", axum::routing::get(crate::ws::upgrade))
+        .merge(ops::docs_routes(api))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
@@ -154,6 +184,9 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         .allow_origin(AllowOrigin::list(list))
         .allow_methods(tower_http::cors::Any)
         .allow_headers(tower_http::cors::Any)
-        .expose_headers([REQUEST_ID.clone(), HeaderName::from_static("x-questech-overhead-ms")])
+        .expose_headers([
+            REQUEST_ID.clone(),
+            HeaderName::from_static("x-questech-overhead-ms"),
+        ])
         .max_age(Duration::from_secs(600))
 }

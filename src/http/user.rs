@@ -3,9 +3,9 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ClientIp, Json, PageQuery, Query};
 use crate::auth::{self, password, AuthUser};
@@ -13,17 +13,17 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::storage::{self, ledger, sessions, users, Paged};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/register", post(register))
-        .route("/login", post(login))
-        .route("/token/refresh", post(refresh))
-        .route("/logout", post(logout))
-        .route("/me", get(me).patch(patch_me))
-        .route("/credits/ledger", get(ledger_list))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me, patch_me))
+        .routes(routes!(ledger_list))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Tokens {
     pub access_token: String,
     pub refresh_token: String,
@@ -31,7 +31,7 @@ pub struct Tokens {
     pub expires_in: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserAndTokens {
     pub user: users::UserView,
     pub tokens: Tokens,
@@ -42,8 +42,8 @@ pub struct UserAndTokens {
 // ---- validation -------------------------------------------------------------------------------
 
 pub fn validate_username(u: &str) -> Result<()> {
-    let ok = (3..=20).contains(&u.len())
-        && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let ok =
+        (3..=20).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -130,13 +130,14 @@ pub fn user_view(state: &AppState, u: &users::UserRow) -> users::UserView {
 
 // ---- handlers -----------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RegisterBody {
     username: String,
     password: String,
     nickname: Option<String>,
 }
 
+#[utoipa::path(post, path = "/register", tag = "user", request_body = RegisterBody, responses((status = 201, description = "success", body = UserAndTokens), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -147,7 +148,10 @@ async fn register(
     validate_password(&body.password, "password")?;
     let nickname = body.nickname.unwrap_or_else(|| body.username.clone());
     validate_nickname(&nickname)?;
-    if users::by_username(&state.db, &body.username).await?.is_some() {
+    if users::by_username(&state.db, &body.username)
+        .await?
+        .is_some()
+    {
         return Err(Error::Conflict("username already taken".into()));
     }
     let hash = password::hash(body.password, state.config.bcrypt_cost).await?;
@@ -177,7 +181,7 @@ async fn register(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LoginBody {
     username: String,
     password: String,
@@ -230,6 +234,7 @@ impl LoginLimiter<'_> {
     }
 }
 
+#[utoipa::path(post, path = "/login", tag = "user", request_body = LoginBody, responses((status = 200, description = "success", body = UserAndTokens), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -275,16 +280,17 @@ async fn login(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RefreshBody {
     refresh_token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TokensOnly {
     tokens: Tokens,
 }
 
+#[utoipa::path(post, path = "/token/refresh", tag = "user", request_body = RefreshBody, responses((status = 200, description = "success", body = TokensOnly), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn refresh(
     State(state): State<AppState>,
     Json(body): Json<RefreshBody>,
@@ -322,12 +328,15 @@ async fn refresh(
         sessions::Rotation::Reused { session_id, .. } => {
             tracing::warn!(session_id, "refresh token reuse: session revoked");
             auth::revoke_sessions(&state, &[session_id]).await?;
-            Err(Error::Unauthorized("refresh token reused; session revoked".into()))
+            Err(Error::Unauthorized(
+                "refresh token reused; session revoked".into(),
+            ))
         }
         sessions::Rotation::Invalid => Err(Error::Unauthorized("invalid refresh token".into())),
     }
 }
 
+#[utoipa::path(post, path = "/logout", tag = "user", responses((status = 204, description = "success"), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
     auth::revoke_sessions(&state, &[user.session_id]).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -339,12 +348,13 @@ async fn load_user(state: &AppState, user: &AuthUser) -> Result<users::UserRow> 
         .ok_or_else(|| Error::Unauthorized("user no longer exists".into()))
 }
 
+#[utoipa::path(get, path = "/me", tag = "user", responses((status = 200, description = "success", body = users::UserView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<users::UserView>> {
     let row = load_user(&state, &user).await?;
     Ok(Json(user_view(&state, &row)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PatchMe {
     nickname: Option<String>,
     avatar_url: Option<String>,
@@ -352,6 +362,7 @@ struct PatchMe {
     old_password: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/me", tag = "user", request_body = PatchMe, responses((status = 200, description = "success", body = users::UserView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn patch_me(
     State(state): State<AppState>,
     user: AuthUser,
@@ -387,6 +398,7 @@ async fn patch_me(
     Ok(Json(user_view(&state, &row)))
 }
 
+#[utoipa::path(get, path = "/credits/ledger", tag = "user", params(PageQuery), responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn ledger_list(
     State(state): State<AppState>,
     user: AuthUser,

@@ -13,23 +13,29 @@ use super::{Db, Page};
 use crate::error::{Error, Result};
 use crate::time::now_ms;
 use questech_actors::events::{MsgUsage, StoredMessage};
-use questech_actors::ports::{BeginOutcome, BeginTurn, ConversationSnapshot, FinishOutcome, FinishTurn};
+use questech_actors::ports::{
+    BeginOutcome, BeginTurn, ConversationSnapshot, FinishOutcome, FinishTurn,
+};
 
-#[derive(Debug, Clone, FromRow, Serialize)]
+#[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
 pub struct ConversationRow {
     #[serde(serialize_with = "crate::time::ser_id")]
+    #[schema(value_type = String)]
     pub id: i64,
     #[serde(skip)]
     pub user_id: i64,
     pub title: String,
     pub model: String,
     #[serde(serialize_with = "crate::time::ser_opt_id")]
+    #[schema(value_type = Option<String>)]
     pub agent_id: Option<i64>,
     #[serde(skip)]
     pub system_prompt: Option<String>,
     #[serde(serialize_with = "crate::time::ser")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "crate::time::ser")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
     pub last_seq: i64,
 }
@@ -506,7 +512,9 @@ pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> 
             .bind(conversation_id)
             .fetch_optional(&db.write)
             .await?;
-    let Some(Some(current)) = current else { return Ok(()) };
+    let Some(Some(current)) = current else {
+        return Ok(());
+    };
     if turn_id.is_some_and(|t| t != current) {
         return Ok(());
     }
@@ -523,12 +531,11 @@ pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> 
         tx.rollback().await?;
         return Ok(());
     }
-    let res: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT id, user_id, amount FROM credit_reservations WHERE ref_id = ?",
-    )
-    .bind(current.to_string())
-    .fetch_all(&mut *tx)
-    .await?;
+    let res: Vec<(i64, i64, i64)> =
+        sqlx::query_as("SELECT id, user_id, amount FROM credit_reservations WHERE ref_id = ?")
+            .bind(current.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
     for (id, user_id, amount) in res {
         release_reservation(&mut tx, id, user_id, amount).await?;
     }

@@ -8,9 +8,10 @@ use super::{Db, Page};
 use crate::error::{Error, Result};
 use crate::time::now_ms;
 
-#[derive(Debug, Clone, FromRow, Serialize)]
+#[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
 pub struct LedgerRow {
     #[serde(serialize_with = "crate::time::ser_id")]
+    #[schema(value_type = String)]
     pub id: i64,
     #[serde(skip)]
     pub user_id: i64,
@@ -20,6 +21,7 @@ pub struct LedgerRow {
     pub note: Option<String>,
     pub ref_id: Option<String>,
     #[serde(serialize_with = "crate::time::ser")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 

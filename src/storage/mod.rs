@@ -129,7 +129,11 @@ async fn pool(url: &str, dialect: Dialect) -> anyhow::Result<AnyPool> {
                 }
             }
             if !url.contains("mode=") {
-                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
             }
             opts = opts
                 .max_connections(8)

@@ -28,7 +28,7 @@ pub struct ModelRow {
 
 const COLS: &str = "id, provider, upstream_model, display_name, context_window, max_output_tokens, prompt_per_1k, completion_per_1k, per_request, fallbacks, enabled, sort_order, created_at, updated_at";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Price {
     pub prompt_per_1k: f64,
     pub completion_per_1k: f64,
@@ -36,7 +36,7 @@ pub struct Price {
 }
 
 /// The public model object (`GET /config/models`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelView {
     pub id: String,
     pub provider: String,
@@ -48,7 +48,7 @@ pub struct ModelView {
 }
 
 /// The admin model object: the public one plus routing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AdminModelView {
     #[serde(flatten)]
     pub public: ModelView,
@@ -56,8 +56,10 @@ pub struct AdminModelView {
     pub fallbacks: Vec<String>,
     pub sort_order: i64,
     #[serde(serialize_with = "crate::time::ser")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "crate::time::ser")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
 }
 
@@ -98,7 +100,10 @@ impl ModelRow {
         ModelInfo {
             id: self.id.clone(),
             provider: self.provider.clone(),
-            upstream_model: self.upstream_model.clone().unwrap_or_else(|| self.id.clone()),
+            upstream_model: self
+                .upstream_model
+                .clone()
+                .unwrap_or_else(|| self.id.clone()),
             context_window: self.context_window.max(1) as u64,
             max_output_tokens: self.max_output_tokens.max(1) as u64,
             prompt_per_1k: self.prompt_per_1k,
@@ -119,10 +124,12 @@ pub async fn list(db: &Db) -> Result<Vec<ModelRow>> {
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<ModelRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM models WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(&db.write)
-        .await?)
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLS} FROM models WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&db.write)
+            .await?,
+    )
 }
 
 pub async fn insert(db: &Db, m: &ModelRow) -> Result<()> {
@@ -190,9 +197,42 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
     }
     let now = now_ms();
     let seeds = [
-        ("echo", "echo", "echo", "Echo (dev)", 8192, 1024, 1.0, 2.0, 0, 0),
-        ("gpt-4o-mini", "openai", "gpt-4o-mini", "GPT-4o mini", 128_000, 16_384, 0.15, 0.6, 1, 1),
-        ("deepseek-chat", "deepseek", "deepseek-chat", "DeepSeek Chat", 64_000, 8192, 0.27, 1.1, 1, 2),
+        (
+            "echo",
+            "echo",
+            "echo",
+            "Echo (dev)",
+            8192,
+            1024,
+            1.0,
+            2.0,
+            0,
+            0,
+        ),
+        (
+            "gpt-4o-mini",
+            "openai",
+            "gpt-4o-mini",
+            "GPT-4o mini",
+            128_000,
+            16_384,
+            0.15,
+            0.6,
+            1,
+            1,
+        ),
+        (
+            "deepseek-chat",
+            "deepseek",
+            "deepseek-chat",
+            "DeepSeek Chat",
+            64_000,
+            8192,
+            0.27,
+            1.1,
+            1,
+            2,
+        ),
     ];
     for (id, provider, upstream, name, ctx, max_out, pp, cp, per_req, order) in seeds {
         let row = ModelRow {

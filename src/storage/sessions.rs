@@ -63,12 +63,12 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Option<SessionRow>> {
-    Ok(sqlx::query_as(
-        "SELECT id, user_id, expires_at, revoked_at FROM sessions WHERE id = ?",
+    Ok(
+        sqlx::query_as("SELECT id, user_id, expires_at, revoked_at FROM sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&db.write)
+            .await?,
     )
-    .bind(id)
-    .fetch_optional(&db.write)
-    .await?)
 }
 
 /// What presenting a refresh token led to.
@@ -84,7 +84,12 @@ pub enum Rotation {
 /// Rotates a refresh token: marks the presented one used and stores `new_hash`, atomically.
 /// The first statement is the conditional write, so two concurrent uses of one token cannot
 /// both succeed: the loser sees it as a reuse.
-pub async fn rotate(db: &Db, presented_hash: &str, new_hash: &str, ttl_ms: i64) -> Result<Rotation> {
+pub async fn rotate(
+    db: &Db,
+    presented_hash: &str,
+    new_hash: &str,
+    ttl_ms: i64,
+) -> Result<Rotation> {
     let now = now_ms();
     let mut tx = db.begin_write().await?;
     let marked = sqlx::query(
@@ -113,12 +118,11 @@ pub async fn rotate(db: &Db, presented_hash: &str, new_hash: &str, ttl_ms: i64) 
     if marked == 0 {
         // Known token, not current: either expired or already rotated. An already-rotated
         // token means someone replays it: revoke the session.
-        let rotated: Option<i64> = sqlx::query_scalar(
-            "SELECT rotated_at FROM refresh_tokens WHERE token_hash = ?",
-        )
-        .bind(presented_hash)
-        .fetch_one(&mut *tx)
-        .await?;
+        let rotated: Option<i64> =
+            sqlx::query_scalar("SELECT rotated_at FROM refresh_tokens WHERE token_hash = ?")
+                .bind(presented_hash)
+                .fetch_one(&mut *tx)
+                .await?;
         if rotated.is_some() {
             sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
                 .bind(now)

@@ -25,9 +25,10 @@ pub struct UserRow {
 const COLS: &str = "id, username, password_hash, nickname, avatar_url, phone_enc, role, disabled, credits, reserved, created_at";
 
 /// The public user object of SPEC §5.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     #[serde(serialize_with = "crate::time::ser_id")]
+    #[schema(value_type = String)]
     pub id: i64,
     pub username: String,
     pub nickname: String,
@@ -36,6 +37,7 @@ pub struct UserView {
     pub role: String,
     pub credits: i64,
     #[serde(serialize_with = "crate::time::ser")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// Admin views only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,17 +99,17 @@ pub async fn create(db: &Db, u: NewUser<'_>) -> Result<UserRow> {
         }
     };
     let mut q = sqlx::query(insert)
-    .bind(u.id)
-    .bind(u.username)
-    .bind(u.password_hash)
-    .bind(u.nickname)
-    .bind(u.phone_enc)
-    .bind(u.phone_hash)
-    .bind(u.apple_sub)
-    .bind(u.role)
-    .bind(u.signup_bonus)
-    .bind(now)
-    .bind(now);
+        .bind(u.id)
+        .bind(u.username)
+        .bind(u.password_hash)
+        .bind(u.nickname)
+        .bind(u.phone_enc)
+        .bind(u.phone_hash)
+        .bind(u.apple_sub)
+        .bind(u.role)
+        .bind(u.signup_bonus)
+        .bind(now)
+        .bind(now);
     if db.dialect == Dialect::Sqlite {
         q = q.bind(u.username);
     }
@@ -151,10 +153,12 @@ pub async fn create(db: &Db, u: NewUser<'_>) -> Result<UserRow> {
 }
 
 pub async fn by_id(db: &Db, id: i64) -> Result<Option<UserRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(&db.write)
-        .await?)
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&db.write)
+            .await?,
+    )
 }
 
 /// Finds a user by name, ignoring letter case (`Alice` and `alice` are one account on every
@@ -231,7 +235,10 @@ pub async fn set_role_disabled(
 /// Admin search: by username or nickname substring, newest first.
 pub async fn search(db: &Db, q: Option<&str>, page: Page) -> Result<(Vec<UserRow>, i64)> {
     let pattern = q.map(|q| {
-        let escaped = q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         format!("%{escaped}%")
     });
     let filter = match pattern {

@@ -111,7 +111,12 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
             close: close.clone(),
         },
     };
-    if state.engine.send_user(user.user_id, attach(tx.clone())).await.is_err() {
+    if state
+        .engine
+        .send_user(user.user_id, attach(tx.clone()))
+        .await
+        .is_err()
+    {
         metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
         return;
     }
@@ -262,7 +267,12 @@ async fn handle_frame(
                         user_message,
                         assistant_message,
                     })) => {
-                        let _ = tx.try_send(Frame::Message { message: user_message }.to_bytes());
+                        let _ = tx.try_send(
+                            Frame::Message {
+                                message: user_message,
+                            }
+                            .to_bytes(),
+                        );
                         assistant_message.map(|m| Frame::Message { message: m })
                     }
                     Ok(Err(e)) => Some(chat_error(id, conv, &e.into())),
@@ -320,7 +330,11 @@ async fn sync(
         for m in items {
             after = m.seq;
             // Awaiting here applies back-pressure to a large replay instead of dropping it.
-            if tx.send(Frame::Message { message: m }.to_bytes()).await.is_err() {
+            if tx
+                .send(Frame::Message { message: m }.to_bytes())
+                .await
+                .is_err()
+            {
                 return Err(Error::Internal(anyhow::anyhow!("connection closed")));
             }
         }
