@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod fake_upstream;
 pub mod http;
+pub mod metrics;
 pub mod llm;
 pub mod server;
 pub mod state;

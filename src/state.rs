@@ -43,6 +43,7 @@ impl AppState {
     /// Connects storage and cache, applies migrations, seeds what an empty database needs,
     /// releases what a previous run of this node left reserved, and starts the engine.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        crate::metrics::install();
         let db = Db::connect(&config.database_url, config.database_read_url.as_deref()).await?;
         db.migrate().await?;
         let cache = Cache::connect(config.redis_url.as_deref(), &config.redis_prefix).await?;

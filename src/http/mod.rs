@@ -148,8 +148,10 @@ pub fn router(state: AppState) -> Router {
     router
         .route("/ws", axum::routing::get(crate::ws::upgrade))
         .merge(ops::docs_routes(api))
+        .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors)
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
