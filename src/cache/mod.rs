@@ -9,7 +9,7 @@ mod redis_cache;
 use std::time::{Duration, Instant};
 
 pub use memory::MemoryCache;
-pub use redis_cache::RedisCache;
+pub use redis_cache::{connection_manager_config, RedisCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

@@ -19,12 +19,18 @@ const USER_KEYS: [&str; 8] = [
 fn assert_user_shape(u: &Value, username: &str, credits: i64) {
     assert_eq!(keys(u), USER_KEYS, "user fields: {u}");
     let id = u["id"].as_str().expect("id is a string");
-    assert!(id.parse::<i64>().is_ok_and(|n| n > 0), "id is a positive decimal: {id}");
+    assert!(
+        id.parse::<i64>().is_ok_and(|n| n > 0),
+        "id is a positive decimal: {id}"
+    );
     assert_eq!(u["username"], username);
     assert_eq!(u["role"], "user");
     assert_eq!(u["credits"], credits);
     assert!(u["phone_masked"].is_null(), "phone_masked: {u}");
-    assert!(u["nickname"].is_string() && u["avatar_url"].is_string(), "{u}");
+    assert!(
+        u["nickname"].is_string() && u["avatar_url"].is_string(),
+        "{u}"
+    );
     assert_rfc3339(&u["created_at"]);
 }
 
@@ -39,12 +45,17 @@ fn assert_tokens_shape(t: &Value, expires_in: i64) {
     let access = t["access_token"].as_str().expect("access_token");
     assert_eq!(access.split('.').count(), 3, "access token is a JWT");
     let refresh = t["refresh_token"].as_str().expect("refresh_token");
-    assert!(refresh.len() >= 32, "refresh token is long and opaque: {refresh}");
+    assert!(
+        refresh.len() >= 32,
+        "refresh token is long and opaque: {refresh}"
+    );
     assert!(!refresh.contains('.'), "refresh token is not a JWT");
 }
 
 async fn ledger(app: &TestApp, token: &str, query: &str) -> Value {
-    let (s, _, b) = app.get(&format!("/user/credits/ledger{query}"), Some(token)).await;
+    let (s, _, b) = app
+        .get(&format!("/user/credits/ledger{query}"), Some(token))
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     b
 }
@@ -62,12 +73,18 @@ both!(register_returns_user_and_tokens, |app| async move {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert!(
-        h.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")),
+        h.get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
         "{h:?}"
     );
     assert_eq!(keys(&b), ["tokens", "user"], "{b}");
     assert_user_shape(&b["user"], &name, 100);
-    assert_eq!(b["user"]["nickname"], name.as_str(), "nickname defaults to the username");
+    assert_eq!(
+        b["user"]["nickname"],
+        name.as_str(),
+        "nickname defaults to the username"
+    );
     assert_eq!(b["user"]["avatar_url"], "");
     assert_tokens_shape(&b["tokens"], 900);
 
@@ -76,8 +93,14 @@ both!(register_returns_user_and_tokens, |app| async move {
     let claims = jwt_claims(access);
     assert_eq!(claims["sub"], b["user"]["id"]);
     assert_eq!(claims["role"], "user");
-    assert!(claims["sid"].is_string() && claims["iat"].is_i64(), "{claims}");
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 900);
+    assert!(
+        claims["sid"].is_string() && claims["iat"].is_i64(),
+        "{claims}"
+    );
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
     let (s, _, me) = app.get("/user/me", Some(access)).await;
     assert_eq!(s, StatusCode::OK, "{me}");
     assert_eq!(me, b["user"], "GET /user/me is the same user object");
@@ -100,7 +123,10 @@ both!(register_returns_user_and_tokens, |app| async move {
 both!(register_accepts_boundaries, |app| async move {
     for (username, password) in [
         ("abc".to_owned(), "12345678".to_owned()),
-        (format!("{}{}", uname("b"), "_Z".repeat(10))[..20].to_owned(), "x".repeat(128)),
+        (
+            format!("{}{}", uname("b"), "_Z".repeat(10))[..20].to_owned(),
+            "x".repeat(128),
+        ),
         (uname("U_9"), "é".repeat(8)),
         (uname("uni"), "密码密码密码密码".to_owned()),
     ] {
@@ -121,23 +147,59 @@ both!(register_validation, |app| async move {
     let cases: Vec<(Value, &str)> = vec![
         (json!({"username": "ab", "password": PASSWORD}), "username"),
         (json!({"username": "", "password": PASSWORD}), "username"),
-        (json!({"username": "a".repeat(21), "password": PASSWORD}), "username"),
-        (json!({"username": "bad-name", "password": PASSWORD}), "username"),
-        (json!({"username": "bad name", "password": PASSWORD}), "username"),
-        (json!({"username": "bad.name", "password": PASSWORD}), "username"),
-        (json!({"username": "用户名用户", "password": PASSWORD}), "username"),
-        (json!({"username": "abcé", "password": PASSWORD}), "username"),
-        (json!({"username": "abc\u{0}", "password": PASSWORD}), "username"),
-        (json!({"username": ok_user, "password": "1234567"}), "password"),
-        (json!({"username": ok_user, "password": "x".repeat(129)}), "password"),
+        (
+            json!({"username": "a".repeat(21), "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": "bad-name", "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": "bad name", "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": "bad.name", "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": "用户名用户", "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": "abcé", "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": "abc\u{0}", "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": ok_user, "password": "1234567"}),
+            "password",
+        ),
+        (
+            json!({"username": ok_user, "password": "x".repeat(129)}),
+            "password",
+        ),
         (json!({"username": ok_user, "password": ""}), "password"),
         (json!({"password": PASSWORD}), "username"),
         (json!({"username": ok_user}), "password"),
         (json!({"username": 12345, "password": PASSWORD}), "username"),
-        (json!({"username": ok_user, "password": 12345678}), "password"),
+        (
+            json!({"username": ok_user, "password": 12345678}),
+            "password",
+        ),
         (json!({"username": ok_user, "password": null}), "password"),
-        (json!({"username": ["abc"], "password": PASSWORD}), "username"),
-        (json!({"username": ok_user, "password": PASSWORD, "nickname": 5}), "nickname"),
+        (
+            json!({"username": ["abc"], "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": ok_user, "password": PASSWORD, "nickname": 5}),
+            "nickname",
+        ),
         (
             json!({"username": ok_user, "password": PASSWORD, "nickname": "n".repeat(65)}),
             "nickname",
@@ -159,8 +221,14 @@ both!(register_validation, |app| async move {
         ("application/json", "null"),
         ("application/json", "[]"),
         ("application/json", "\"abc\""),
-        ("text/plain", "{\"username\":\"abcdef\",\"password\":\"12345678\"}"),
-        ("application/x-www-form-urlencoded", "username=abcdef&password=12345678"),
+        (
+            "text/plain",
+            "{\"username\":\"abcdef\",\"password\":\"12345678\"}",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "username=abcdef&password=12345678",
+        ),
     ] {
         let req = app
             .client
@@ -219,7 +287,11 @@ both!(usernames_are_case_insensitive, |app| async move {
     // Logging in with another case finds the same account.
     let again = app.login(&upper, PASSWORD).await;
     assert_eq!(again.id, first.id);
-    assert_eq!(again.json["user"]["username"], name.as_str(), "the stored spelling is kept");
+    assert_eq!(
+        again.json["user"]["username"],
+        name.as_str(),
+        "the stored spelling is kept"
+    );
 });
 
 both!(concurrent_registrations_of_one_name, |app| async move {
@@ -229,7 +301,11 @@ both!(concurrent_registrations_of_one_name, |app| async move {
     for i in 0..8 {
         let client = app.client.clone();
         let url = app.url("/user/register");
-        let name = if i % 2 == 0 { name.clone() } else { name.to_ascii_uppercase() };
+        let name = if i % 2 == 0 {
+            name.clone()
+        } else {
+            name.to_ascii_uppercase()
+        };
         tasks.push(tokio::spawn(async move {
             let res = client
                 .post(url)
@@ -252,7 +328,10 @@ both!(concurrent_registrations_of_one_name, |app| async move {
     }
     assert_eq!(created, 1);
     let (s, _, b) = app
-        .get("/user/credits/ledger", Some(&app.login(&name, PASSWORD).await.access))
+        .get(
+            "/user/credits/ledger",
+            Some(&app.login(&name, PASSWORD).await.access),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["total"], 1, "one signup bonus: {b}");
@@ -269,7 +348,15 @@ both!(signup_bonus_is_one_ledger_row, |app| async move {
     let row = &items[0];
     assert_eq!(
         keys(row),
-        ["balance_after", "created_at", "delta", "id", "note", "reason", "ref_id"],
+        [
+            "balance_after",
+            "created_at",
+            "delta",
+            "id",
+            "note",
+            "reason",
+            "ref_id"
+        ],
         "{row}"
     );
     assert!(row["id"].is_string(), "{row}");
@@ -337,7 +424,10 @@ both!(login_failures_look_the_same, |app| async move {
     let m1 = assert_unauthorized(s1, &h1, &b1);
     let (s2, h2, b2) = app.login_raw(&uname("nobody"), "wrong-password").await;
     let m2 = assert_unauthorized(s2, &h2, &b2);
-    assert_eq!(m1, m2, "unknown user and wrong password must be indistinguishable");
+    assert_eq!(
+        m1, m2,
+        "unknown user and wrong password must be indistinguishable"
+    );
     assert_eq!(b1, b2);
     // Password checks are exact: case, whitespace, a prefix.
     for p in [
@@ -356,7 +446,10 @@ both!(login_validation, |app| async move {
         (json!({"password": PASSWORD}), "username"),
         (json!({"username": "someone"}), "password"),
         (json!({"username": 1, "password": PASSWORD}), "username"),
-        (json!({"username": "someone", "password": false}), "password"),
+        (
+            json!({"username": "someone", "password": false}),
+            "password",
+        ),
     ] {
         let (s, _, b) = app.post("/user/login", None, Some(body)).await;
         assert_invalid(s, &b, field);
@@ -415,7 +508,11 @@ both!(disabled_user_is_forbidden, |app| async move {
     assert_unauthorized(s, &h, &b);
     // Its refresh token no longer yields tokens.
     let (s, h, b) = app
-        .post("/user/token/refresh", None, Some(json!({"refresh_token": u.refresh})))
+        .post(
+            "/user/token/refresh",
+            None,
+            Some(json!({"refresh_token": u.refresh})),
+        )
         .await;
     assert!(
         s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN,
@@ -436,7 +533,9 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> u64 {
         .expect("Retry-After on a 429")
         .to_str()
         .unwrap();
-    let n: u64 = v.parse().unwrap_or_else(|_| panic!("Retry-After is whole seconds: {v:?}"));
+    let n: u64 = v
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After is whole seconds: {v:?}"));
     assert!(n >= 1, "Retry-After {n}");
     n
 }
@@ -485,7 +584,9 @@ both!(
         let name = uname("ipl");
         app.register(&name).await;
         for i in 0..3 {
-            let (s, h, b) = app.login_raw(&uname(&format!("ghost{i}")), "wrong-password").await;
+            let (s, h, b) = app
+                .login_raw(&uname(&format!("ghost{i}")), "wrong-password")
+                .await;
             assert_unauthorized(s, &h, &b);
         }
         let (s, h, b) = app.login_raw(&name, PASSWORD).await;
@@ -571,7 +672,9 @@ both!(patch_me_profile, |app| async move {
         "http://example.com/avatar.jpg",
         "/static/avatars/1.png",
     ] {
-        let (s, _, b) = app.patch("/user/me", t, Some(json!({"avatar_url": url}))).await;
+        let (s, _, b) = app
+            .patch("/user/me", t, Some(json!({"avatar_url": url})))
+            .await;
         assert_eq!(s, StatusCode::OK, "{url}: {b}");
         assert_eq!(b["avatar_url"], url);
         assert_eq!(b["nickname"], "Nick 名字 ✨", "other fields unchanged");
@@ -583,11 +686,15 @@ both!(patch_me_profile, |app| async move {
         json!(format!("https://example.com/{}", "a".repeat(1100))),
         json!(5),
     ] {
-        let (s, _, b) = app.patch("/user/me", t, Some(json!({"avatar_url": bad}))).await;
+        let (s, _, b) = app
+            .patch("/user/me", t, Some(json!({"avatar_url": bad})))
+            .await;
         assert_invalid(s, &b, "avatar_url");
     }
     for bad in [json!("n".repeat(65)), json!("a\u{7}b"), json!(["x"])] {
-        let (s, _, b) = app.patch("/user/me", t, Some(json!({"nickname": bad}))).await;
+        let (s, _, b) = app
+            .patch("/user/me", t, Some(json!({"nickname": bad})))
+            .await;
         assert_invalid(s, &b, "nickname");
     }
     // Failed patches changed nothing; an empty patch changes nothing.
@@ -610,7 +717,9 @@ both!(patch_me_profile, |app| async move {
     assert_eq!(b["nickname"], nick.as_str());
     assert_eq!(b["avatar_url"], "https://example.com/z.png");
     // Needs a token.
-    let (s, h, b) = app.patch("/user/me", None, Some(json!({"nickname": "x"}))).await;
+    let (s, h, b) = app
+        .patch("/user/me", None, Some(json!({"nickname": "x"})))
+        .await;
     assert_unauthorized(s, &h, &b);
 });
 
@@ -621,7 +730,9 @@ both!(patch_me_password, |app| async move {
     let new = "a-brand-new-password";
 
     // Missing old_password.
-    let (s, _, b) = app.patch("/user/me", t, Some(json!({"password": new}))).await;
+    let (s, _, b) = app
+        .patch("/user/me", t, Some(json!({"password": new})))
+        .await;
     assert_invalid(s, &b, "old_password");
     // Wrong old_password.
     let (s, h, b) = app
@@ -675,9 +786,16 @@ both!(ledger_pagination_and_totals, |app| async move {
         balance += delta;
         let note = format!("n{i}");
         let ref_id = format!("ref-{i}");
-        let got = adjust(&app.state.db, uid, delta, "admin_adjust", Some(&note), Some(&ref_id))
-            .await
-            .unwrap();
+        let got = adjust(
+            &app.state.db,
+            uid,
+            delta,
+            "admin_adjust",
+            Some(&note),
+            Some(&ref_id),
+        )
+        .await
+        .unwrap();
         assert_eq!(got, Some(balance));
     }
     // The other user's rows never show up.
@@ -687,7 +805,14 @@ both!(ledger_pagination_and_totals, |app| async move {
 
     let b = ledger(&app, &u.access, "").await;
     assert_eq!(keys(&b), ["items", "page", "page_size", "total"]);
-    assert_eq!((b["page"].as_i64(), b["page_size"].as_i64(), b["total"].as_i64()), (Some(1), Some(20), Some(25)));
+    assert_eq!(
+        (
+            b["page"].as_i64(),
+            b["page_size"].as_i64(),
+            b["total"].as_i64()
+        ),
+        (Some(1), Some(20), Some(25))
+    );
     let items = b["items"].as_array().unwrap();
     assert_eq!(items.len(), 20);
     // Newest first: the last adjustment leads, balances walk back.
@@ -718,7 +843,10 @@ both!(ledger_pagination_and_totals, |app| async move {
 
     let b = ledger(&app, &u.access, "?page=3&page_size=10").await;
     assert_eq!(b["items"].as_array().unwrap().len(), 5);
-    assert_eq!((b["page"].as_i64(), b["page_size"].as_i64()), (Some(3), Some(10)));
+    assert_eq!(
+        (b["page"].as_i64(), b["page_size"].as_i64()),
+        (Some(3), Some(10))
+    );
     let b = ledger(&app, &u.access, "?page=2&page_size=7").await;
     assert_eq!(b["items"][0]["note"], "n17");
     // Past the end: empty, total still right.
@@ -731,13 +859,26 @@ both!(ledger_pagination_and_totals, |app| async move {
     assert_eq!(b["items"].as_array().unwrap().len(), 25);
     // Nonsense numbers are clamped too, never a 500.
     let b = ledger(&app, &u.access, "?page=0&page_size=0").await;
-    assert_eq!((b["page"].as_i64(), b["page_size"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(
+        (b["page"].as_i64(), b["page_size"].as_i64()),
+        (Some(1), Some(1))
+    );
     let b = ledger(&app, &u.access, "?page=-3&page_size=-5").await;
-    assert_eq!((b["page"].as_i64(), b["page_size"].as_i64()), (Some(1), Some(1)));
-    let b = ledger(&app, &u.access, &format!("?page={}&page_size=100", i64::MAX)).await;
+    assert_eq!(
+        (b["page"].as_i64(), b["page_size"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let b = ledger(
+        &app,
+        &u.access,
+        &format!("?page={}&page_size=100", i64::MAX),
+    )
+    .await;
     assert_eq!(b["items"], json!([]));
     for q in ["?page=abc", "?page_size=1.5", "?page=99999999999999999999"] {
-        let (s, _, b) = app.get(&format!("/user/credits/ledger{q}"), Some(&u.access)).await;
+        let (s, _, b) = app
+            .get(&format!("/user/credits/ledger{q}"), Some(&u.access))
+            .await;
         assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_request");
     }
 
@@ -756,7 +897,15 @@ both!(ledger_pagination_and_totals, |app| async move {
     );
 
     // A debit past zero is refused and leaves no row.
-    let err = adjust(&app.state.db, uid, -(balance + 1), "admin_adjust", None, None).await;
+    let err = adjust(
+        &app.state.db,
+        uid,
+        -(balance + 1),
+        "admin_adjust",
+        None,
+        None,
+    )
+    .await;
     assert!(err.is_err(), "overdraft must fail");
     assert_eq!(ledger(&app, &u.access, "").await["total"], 25);
     assert_eq!(
@@ -765,7 +914,9 @@ both!(ledger_pagination_and_totals, |app| async move {
     );
     // Unknown user.
     assert_eq!(
-        adjust(&app.state.db, 42, 5, "admin_adjust", None, None).await.unwrap(),
+        adjust(&app.state.db, 42, 5, "admin_adjust", None, None)
+            .await
+            .unwrap(),
         None
     );
     // Needs a token.

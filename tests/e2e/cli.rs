@@ -30,7 +30,10 @@ async fn questech(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) 
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn questech");
     let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.as_bytes()).await.expect("write stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
     drop(input);
     let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
         .await
@@ -62,12 +65,25 @@ async fn cli_create_admin_then_migrate_then_login() {
     ];
     let out = questech(
         &dir,
-        &["admin", "create-user", "--username", "root1", "--role", "admin"],
+        &[
+            "admin",
+            "create-user",
+            "--username",
+            "root1",
+            "--role",
+            "admin",
+        ],
         &env,
         "s3cret-admin-pw\n",
     )
     .await;
-    assert_eq!(out.code, Some(0), "create-user: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "create-user: {}{}",
+        out.stdout,
+        out.stderr
+    );
     assert!(out.stdout.contains("root1"), "{}", out.stdout);
 
     let out = questech(&dir, &["migrate"], &env, "").await;
@@ -75,16 +91,72 @@ async fn cli_create_admin_then_migrate_then_login() {
 
     // The same name again fails, and so do a bad role, a bad name, a short password.
     for (args, stdin) in [
-        (vec!["admin", "create-user", "--username", "root1", "--role", "admin"], "another-password\n"),
-        (vec!["admin", "create-user", "--username", "root2", "--role", "emperor"], "another-password\n"),
-        (vec!["admin", "create-user", "--username", "x!", "--role", "admin"], "another-password\n"),
-        (vec!["admin", "create-user", "--username", "root3", "--role", "admin"], "short\n"),
-        (vec!["admin", "create-user", "--username", "root4", "--role", "admin"], ""),
+        (
+            vec![
+                "admin",
+                "create-user",
+                "--username",
+                "root1",
+                "--role",
+                "admin",
+            ],
+            "another-password\n",
+        ),
+        (
+            vec![
+                "admin",
+                "create-user",
+                "--username",
+                "root2",
+                "--role",
+                "emperor",
+            ],
+            "another-password\n",
+        ),
+        (
+            vec![
+                "admin",
+                "create-user",
+                "--username",
+                "x!",
+                "--role",
+                "admin",
+            ],
+            "another-password\n",
+        ),
+        (
+            vec![
+                "admin",
+                "create-user",
+                "--username",
+                "root3",
+                "--role",
+                "admin",
+            ],
+            "short\n",
+        ),
+        (
+            vec![
+                "admin",
+                "create-user",
+                "--username",
+                "root4",
+                "--role",
+                "admin",
+            ],
+            "",
+        ),
         (vec!["admin", "create-user"], "another-password\n"),
         (vec!["no-such-command"], ""),
     ] {
         let out = questech(&dir, &args, &env, stdin).await;
-        assert_ne!(out.code, Some(0), "{args:?} should fail: {}{}", out.stdout, out.stderr);
+        assert_ne!(
+            out.code,
+            Some(0),
+            "{args:?} should fail: {}{}",
+            out.stdout,
+            out.stderr
+        );
         assert!(!out.stderr.trim().is_empty(), "{args:?} says why on stderr");
     }
 
@@ -133,13 +205,25 @@ async fn cli_bad_config_names_the_variable() {
             let out = questech(&dir, &args, &env, "").await;
             assert_ne!(out.code, Some(0), "{var}={value} {args:?}: {}", out.stderr);
             assert!(out.code.is_some(), "exited, not killed by a signal");
-            let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-            assert_eq!(lines.len(), 1, "{var}: one line on stderr, got {:?}", out.stderr);
+            let lines: Vec<&str> = out
+                .stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            assert_eq!(
+                lines.len(),
+                1,
+                "{var}: one line on stderr, got {:?}",
+                out.stderr
+            );
             assert!(lines[0].contains(var), "{var}: {:?}", lines[0]);
             assert!(!lines[0].contains("panicked"), "{:?}", lines[0]);
         }
     }
     // Nothing was created by the refused start-ups.
-    assert!(!dir.join("cli.db").exists(), "no database file after a refused start");
+    assert!(
+        !dir.join("cli.db").exists(),
+        "no database file after a refused start"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

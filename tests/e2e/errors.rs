@@ -61,10 +61,11 @@ both!(bodies_over_one_mib_are_413, |app| async move {
     assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 
     // Without a Content-Length (chunked), the limit holds as the body streams in.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = std::iter::once(Ok(b"{\"username\":\"chunky\",\"password\":\"".to_vec()))
-        .chain((0..20).map(|_| Ok(vec![b'x'; 64 * 1024])))
-        .chain(std::iter::once(Ok(b"\"}".to_vec())))
-        .collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        std::iter::once(Ok(b"{\"username\":\"chunky\",\"password\":\"".to_vec()))
+            .chain((0..20).map(|_| Ok(vec![b'x'; 64 * 1024])))
+            .chain(std::iter::once(Ok(b"\"}".to_vec())))
+            .collect();
     let req = app
         .client
         .post(app.url("/user/register"))
@@ -76,7 +77,11 @@ both!(bodies_over_one_mib_are_413, |app| async move {
     // Just under the limit is parsed (and then fails validation, not the size check).
     let under = "b".repeat((1 << 20) - 100);
     let (s, _, b) = app
-        .post("/user/register", None, Some(json!({"username": "under_limit", "password": under})))
+        .post(
+            "/user/register",
+            None,
+            Some(json!({"username": "under_limit", "password": under})),
+        )
         .await;
     assert_invalid(s, &b, "password");
     // The server is fine afterwards.
@@ -151,7 +156,12 @@ both!(odd_inputs_never_500, |app| async move {
     }
     // For PATCH, unknown fields are ignored, so only the bodies that are not a JSON object
     // (or not UTF-8) must fail.
-    let not_objects = [&raw_bodies[0], &raw_bodies[2], &raw_bodies[3], &raw_bodies[7]];
+    let not_objects = [
+        &raw_bodies[0],
+        &raw_bodies[2],
+        &raw_bodies[3],
+        &raw_bodies[7],
+    ];
     for raw in not_objects {
         let req = app
             .client
@@ -196,7 +206,10 @@ both!(odd_inputs_never_500, |app| async move {
             Some(json!({"username": "x".repeat(5000), "password": "y".repeat(5000)})),
         )
         .await;
-    assert!(s == StatusCode::UNAUTHORIZED || s == StatusCode::BAD_REQUEST, "{s} {b}");
+    assert!(
+        s == StatusCode::UNAUTHORIZED || s == StatusCode::BAD_REQUEST,
+        "{s} {b}"
+    );
     if s == StatusCode::UNAUTHORIZED {
         assert_unauthorized(s, &h, &b);
     }
@@ -211,7 +224,10 @@ both!(odd_inputs_never_500, |app| async move {
     let req = app
         .client
         .post(app.url("/user/register"))
-        .header("user-agent", reqwest::header::HeaderValue::from_bytes(b"\xff\xfe bot").unwrap())
+        .header(
+            "user-agent",
+            reqwest::header::HeaderValue::from_bytes(b"\xff\xfe bot").unwrap(),
+        )
         .json(&json!({"username": uname("ua2"), "password": PASSWORD}));
     let (s, _, b) = app.send(req).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");

@@ -10,7 +10,10 @@ use crate::common::*;
 fn assert_check_up(check: &Value, what: &str) {
     assert!(check.is_object(), "checks.{what} is an object: {check}");
     assert_eq!(check["status"], "up", "checks.{what}: {check}");
-    assert!(check["latency_ms"].is_number(), "checks.{what}.latency_ms: {check}");
+    assert!(
+        check["latency_ms"].is_number(),
+        "checks.{what}.latency_ms: {check}"
+    );
 }
 
 both!(health_is_healthy, |app| async move {
@@ -41,7 +44,8 @@ both!(health_is_healthy, |app| async move {
 /// error shape (no hang) during the outage and work again afterwards.
 async fn outage(app: &TestApp, proxy: &Proxy, down: &str, up: &str) {
     let u = app.register(&uname("outage")).await;
-    app.wait_health(StatusCode::OK, Duration::from_secs(10)).await;
+    app.wait_health(StatusCode::OK, Duration::from_secs(10))
+        .await;
 
     proxy.pause();
     let (b, took) = app
@@ -55,15 +59,26 @@ async fn outage(app: &TestApp, proxy: &Proxy, down: &str, up: &str) {
     let t = Instant::now();
     let (s, _, b) = app.get("/health", None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
-    assert!(t.elapsed() < Duration::from_secs(5), "/health took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "/health took {:?}",
+        t.elapsed()
+    );
 
     // Requests that need the missing service fail in the error shape, without hanging.
     let t = Instant::now();
     let (s, _, b) = app.get("/user/me", Some(&u.access)).await;
-    assert!(t.elapsed() < Duration::from_secs(15), "/user/me took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "/user/me took {:?}",
+        t.elapsed()
+    );
     if s != StatusCode::OK {
         assert!(s.is_server_error(), "{s} {b}");
-        assert!(b["error"]["code"].is_string(), "error shape during an outage: {b}");
+        assert!(
+            b["error"]["code"].is_string(),
+            "error shape during an outage: {b}"
+        );
     }
 
     proxy.resume();

@@ -18,4 +18,3 @@ mod cli;
 mod errors;
 mod health;
 mod tokens;
-mod scratch;

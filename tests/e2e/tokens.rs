@@ -21,8 +21,12 @@ async fn assert_token_rejected(app: &TestApp, token: &str, what: &str) {
 }
 
 async fn refresh(app: &TestApp, token: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-    app.post("/user/token/refresh", None, Some(json!({"refresh_token": token})))
-        .await
+    app.post(
+        "/user/token/refresh",
+        None,
+        Some(json!({"refresh_token": token})),
+    )
+    .await
 }
 
 fn sign(claims: &Value, alg: Algorithm, secret: &str) -> String {
@@ -155,7 +159,11 @@ both!(refresh_rejects_unknown_and_malformed, |app| async move {
         let (s, h, b) = refresh(&app, &token).await;
         assert_unauthorized(s, &h, &b);
     }
-    for body in [json!({}), json!({"refresh_token": 5}), json!({"refresh_token": null})] {
+    for body in [
+        json!({}),
+        json!({"refresh_token": 5}),
+        json!({"refresh_token": null}),
+    ] {
         let (s, _, b) = app.post("/user/token/refresh", None, Some(body)).await;
         assert_invalid(s, &b, "refresh_token");
     }
@@ -191,7 +199,8 @@ both!(bad_tokens_are_401, |app| async move {
     let u = app.register(&uname("badtok")).await;
     let c = jwt_claims(&u.access);
     let now = chrono::Utc::now().timestamp();
-    let valid_claims = json!({"sub": c["sub"], "sid": c["sid"], "role": "user", "iat": now, "exp": now + 600});
+    let valid_claims =
+        json!({"sub": c["sub"], "sid": c["sid"], "role": "user", "iat": now, "exp": now + 600});
     // Sanity: a token we sign with the server's secret and the right claims is accepted, so the
     // rejections below are about what we changed.
     let ours = sign(&valid_claims, Algorithm::HS256, JWT_SECRET);
@@ -214,15 +223,40 @@ both!(bad_tokens_are_401, |app| async move {
 
     let header_none = b64(&json!({"alg": "none", "typ": "JWT"}));
     let cases: Vec<(String, &str)> = vec![
-        (sign(&valid_claims, Algorithm::HS256, "another-secret-another-secret-another-secret!!"), "forged (other secret)"),
+        (
+            sign(
+                &valid_claims,
+                Algorithm::HS256,
+                "another-secret-another-secret-another-secret!!",
+            ),
+            "forged (other secret)",
+        ),
         (sign(&expired, Algorithm::HS256, JWT_SECRET), "expired"),
-        (sign(&valid_claims, Algorithm::HS512, JWT_SECRET), "HS512 with the right secret"),
-        (sign(&valid_claims, Algorithm::HS384, JWT_SECRET), "HS384 with the right secret"),
+        (
+            sign(&valid_claims, Algorithm::HS512, JWT_SECRET),
+            "HS512 with the right secret",
+        ),
+        (
+            sign(&valid_claims, Algorithm::HS384, JWT_SECRET),
+            "HS384 with the right secret",
+        ),
         (format!("{header_none}.{}.", b64(&valid_claims)), "alg none"),
-        (format!("{header_none}.{}", b64(&valid_claims)), "alg none, two parts"),
-        (sign(&wrong_role, Algorithm::HS256, JWT_SECRET), "unknown role"),
-        (sign(&bad_sub, Algorithm::HS256, JWT_SECRET), "non-numeric sub"),
-        (sign(&unknown_sid, Algorithm::HS256, JWT_SECRET), "unknown session"),
+        (
+            format!("{header_none}.{}", b64(&valid_claims)),
+            "alg none, two parts",
+        ),
+        (
+            sign(&wrong_role, Algorithm::HS256, JWT_SECRET),
+            "unknown role",
+        ),
+        (
+            sign(&bad_sub, Algorithm::HS256, JWT_SECRET),
+            "non-numeric sub",
+        ),
+        (
+            sign(&unknown_sid, Algorithm::HS256, JWT_SECRET),
+            "unknown session",
+        ),
         (sign(&no_exp, Algorithm::HS256, JWT_SECRET), "no exp"),
         (sign(&no_sid, Algorithm::HS256, JWT_SECRET), "no sid"),
         ("garbage".to_owned(), "garbage"),
@@ -234,7 +268,12 @@ both!(bad_tokens_are_401, |app| async move {
         assert_token_rejected(&app, token, what).await;
     }
     // A token for a session that belongs to someone else.
-    let (s, h, b) = app.get("/user/me", Some(&sign(&other_user, Algorithm::HS256, JWT_SECRET))).await;
+    let (s, h, b) = app
+        .get(
+            "/user/me",
+            Some(&sign(&other_user, Algorithm::HS256, JWT_SECRET)),
+        )
+        .await;
     assert_unauthorized(s, &h, &b);
 
     // Header problems.
@@ -266,7 +305,11 @@ both!(bad_tokens_are_401, |app| async move {
     // Non-UTF-8 header bytes.
     let bad = reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap();
     let (s, h, b) = app
-        .send(app.client.get(app.url("/user/me")).header("authorization", bad))
+        .send(
+            app.client
+                .get(app.url("/user/me"))
+                .header("authorization", bad),
+        )
         .await;
     assert_unauthorized(s, &h, &b);
 
@@ -276,12 +319,12 @@ both!(bad_tokens_are_401, |app| async move {
 
 both!(
     access_tokens_expire,
-    env = [("JWT_ACCESS_TTL_SECS", "1")],
+    env = [("JWT_ACCESS_TTL_SECS", "2")],
     |app| async move {
         let u = app.register(&uname("ttl")).await;
-        assert_eq!(u.json["tokens"]["expires_in"], 1);
+        assert_eq!(u.json["tokens"]["expires_in"], 2);
         assert_eq!(me_status(&app, &u.access).await, StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        tokio::time::sleep(Duration::from_millis(3100)).await;
         assert_token_rejected(&app, &u.access, "expired access token").await;
         // The refresh token still works and gives a fresh access token.
         let (s, _, b) = refresh(&app, &u.refresh).await;
@@ -309,8 +352,13 @@ both!(sessions_survive_a_restart, |app| async move {
     let (s, _, _) = app.post("/user/logout", Some(&dead.access), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     // A new process over the same database, with an empty cache.
-    let fresh_prefix = format!("{}restart:", app.env.get("REDIS_PREFIX").cloned().unwrap_or_default());
-    let node = app.spawn_node(&[("REDIS_PREFIX", fresh_prefix.as_str())]).await;
+    let fresh_prefix = format!(
+        "{}restart:",
+        app.env.get("REDIS_PREFIX").cloned().unwrap_or_default()
+    );
+    let node = app
+        .spawn_node(&[("REDIS_PREFIX", fresh_prefix.as_str())])
+        .await;
     drop(app);
     assert_eq!(me_status(&node, &live.access).await, StatusCode::OK);
     assert_token_rejected(&node, &dead.access, "a session revoked before the restart").await;
@@ -338,6 +386,10 @@ mysql_only!(revocation_reaches_every_node, |app| async move {
     assert_eq!(me_status(&node2, &access2).await, StatusCode::OK);
     let (s, h, b) = refresh(&node2, &v.refresh).await;
     assert_unauthorized(s, &h, &b);
-    assert_token_rejected(&app, &access2, "session revoked by theft detection on another node")
-        .await;
+    assert_token_rejected(
+        &app,
+        &access2,
+        "session revoked by theft detection on another node",
+    )
+    .await;
 });

@@ -122,7 +122,10 @@ pub async fn spawn_app_with(
     };
     let mut map: HashMap<String, String> = [
         ("DATA_DIR", dir.to_string_lossy().into_owned()),
-        ("UPLOAD_DIR", dir.join("uploads").to_string_lossy().into_owned()),
+        (
+            "UPLOAD_DIR",
+            dir.join("uploads").to_string_lossy().into_owned(),
+        ),
         ("BIND_ADDR", "127.0.0.1:0".to_owned()),
         ("BCRYPT_COST", "4".to_owned()),
         ("SERVICE_DEBUG", "true".to_owned()),
@@ -302,7 +305,11 @@ impl TestApp {
         registered(username, b)
     }
 
-    pub async fn login_raw(&self, username: &str, password: &str) -> (StatusCode, HeaderMap, Value) {
+    pub async fn login_raw(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> (StatusCode, HeaderMap, Value) {
         self.post(
             "/user/login",
             None,
@@ -423,9 +430,13 @@ pub fn assert_error(
     let mut keys: Vec<_> = e.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["code", "message", "type"], "error keys: {body}");
-    let msg = e["message"].as_str().unwrap_or_else(|| panic!("message is a string: {body}"));
+    let msg = e["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("message is a string: {body}"));
     assert!(!msg.trim().is_empty(), "message is not empty: {body}");
-    let kind = e["type"].as_str().unwrap_or_else(|| panic!("type is a string: {body}"));
+    let kind = e["type"]
+        .as_str()
+        .unwrap_or_else(|| panic!("type is a string: {body}"));
     assert!(!kind.is_empty(), "type is not empty: {body}");
     assert_eq!(e["code"], expected_code, "code: {body}");
     msg.to_owned()
@@ -452,7 +463,9 @@ pub fn assert_invalid(status: StatusCode, body: &Value, field: &str) {
 
 /// RFC 3339 UTC timestamp.
 pub fn assert_rfc3339(v: &Value) {
-    let s = v.as_str().unwrap_or_else(|| panic!("timestamp is a string: {v}"));
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp is a string: {v}"));
     let t = chrono::DateTime::parse_from_rfc3339(s)
         .unwrap_or_else(|e| panic!("{s:?} is not RFC 3339: {e}"));
     assert_eq!(t.offset().local_minus_utc(), 0, "{s} is UTC");
@@ -590,12 +603,10 @@ async fn create_database(admin_url: &str, name: &str) {
     let mut conn = sqlx::MySqlConnection::connect(admin_url)
         .await
         .unwrap_or_else(|e| panic!("connect to TEST_MYSQL_URL: {e}"));
-    sqlx::query(&format!(
-        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
     let _ = conn.close().await;
 }
 
@@ -676,7 +687,8 @@ async fn delete_keys(url: &str, prefix: &str) {
             .await;
         let Ok((next, keys)) = r else { return };
         if !keys.is_empty() {
-            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+            let _: redis::RedisResult<i64> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
         }
         if next == 0 {
             return;
