@@ -184,3 +184,16 @@ pub async fn revoke_all(db: &Db, user_id: i64) -> Result<Vec<i64>> {
         .await?;
     Ok(ids)
 }
+
+/// The live sessions of a user other than `keep` (password change: other devices must log in
+/// again with the new password; the caller revokes them).
+pub async fn live_others(db: &Db, user_id: i64, keep: i64) -> Result<Vec<i64>> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM sessions WHERE user_id = ? AND id <> ? AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(keep)
+    .fetch_all(&db.write)
+    .await?;
+    Ok(ids)
+}

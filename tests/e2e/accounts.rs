@@ -753,7 +753,7 @@ both!(patch_me_password, |app| async move {
         .await;
     assert_invalid(s, &b, "password");
     // None of that changed it.
-    app.login(&name, PASSWORD).await;
+    let other_device = app.login(&name, PASSWORD).await;
 
     let (s, _, b) = app
         .patch(
@@ -770,6 +770,11 @@ both!(patch_me_password, |app| async move {
     let (s, h, b) = app.login_raw(&name, PASSWORD).await;
     assert_unauthorized(s, &h, &b);
     app.login(&name, new).await;
+    // The change signed the other device out; this one stays signed in.
+    let (s, h, b) = app.get("/user/me", Some(&other_device.access)).await;
+    assert_unauthorized(s, &h, &b);
+    let (s, _, _) = app.get("/user/me", t).await;
+    assert_eq!(s, StatusCode::OK);
 });
 
 // ---- ledger -------------------------------------------------------------------------------------
