@@ -1,8 +1,11 @@
 //! Authentication: JWT access tokens, opaque rotating refresh tokens, bcrypt passwords, and the
 //! extractor that turns a bearer token into an [`AuthUser`] (checking the session is live).
 
+pub mod apple;
+pub mod crypto;
 pub mod jwt;
 pub mod password;
+pub mod sms;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

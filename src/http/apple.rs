@@ -1,9 +1,71 @@
-//! Routes of this area (being built).
+//! Sign in with Apple (SPEC §5): `POST /user/login/apple`. The identity token is verified in
+//! [`crate::auth::apple`]; accounts are linked by Apple's `sub` (`users.apple_sub`).
 
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::sms::{find_or_create, Identity};
+use super::user::{open_session, user_view, UserAndTokens};
+use super::{ClientIp, Json};
+use crate::error::{Error, Result};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    OpenApiRouter::new().routes(routes!(login_apple))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct AppleLoginBody {
+    /// The `identityToken` the app received from Apple.
+    identity_token: String,
+    /// Used only when this login creates the account (Apple tells the app the name only once).
+    nickname: Option<String>,
+}
+
+fn clean_nickname(n: Option<String>) -> Result<Option<String>> {
+    let Some(n) = n.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    if n.chars().count() > 64 || n.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "nickname",
+            "must be at most 64 characters with no control characters",
+        ));
+    }
+    Ok(Some(n))
+}
+
+#[utoipa::path(post, path = "/login/apple", tag = "user", request_body = AppleLoginBody, responses((status = 200, description = "logged in; `created` when this login made the account", body = UserAndTokens), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn login_apple(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Json(body): Json<AppleLoginBody>,
+) -> Result<Json<UserAndTokens>> {
+    let nickname = clean_nickname(body.nickname)?;
+    let cfg = &state.config;
+    let claims = crate::auth::apple::verify(
+        &cfg.apple_jwks_url,
+        &cfg.apple_client_ids,
+        &body.identity_token,
+    )
+    .await?;
+    let sub = claims.sub.trim();
+    let nickname = nickname.unwrap_or_else(|| "Apple user".to_owned());
+    let (user, created) = find_or_create(&state, Identity::Apple { sub }, &nickname).await?;
+    if user.is_disabled() {
+        return Err(Error::Forbidden("this account is disabled".into()));
+    }
+    if created {
+        tracing::info!(user_id = user.id, "account created by Sign in with Apple");
+    }
+    let tokens = open_session(&state, &user, &headers, &ip).await?;
+    Ok(Json(UserAndTokens {
+        user: user_view(&state, &user),
+        tokens,
+        created: Some(created),
+    }))
 }

@@ -124,8 +124,17 @@ pub async fn open_session(
 
 /// The user object as the owner sees it (phone masked).
 pub fn user_view(state: &AppState, u: &users::UserRow) -> users::UserView {
-    let _ = state;
-    u.view(None)
+    let masked = u.phone_enc.as_deref().and_then(|enc| {
+        let phone = auth::crypto::decrypt(&state.config.encryption_key, enc);
+        if phone.is_none() {
+            tracing::warn!(
+                user_id = u.id,
+                "phone_enc does not decrypt (ENCRYPTION_KEY changed?)"
+            );
+        }
+        phone.map(|p| auth::crypto::mask_phone(&p))
+    });
+    u.view(masked)
 }
 
 // ---- handlers -----------------------------------------------------------------------------------

@@ -14,7 +14,9 @@
 mod common;
 
 mod accounts;
+mod apple;
 mod cli;
 mod errors;
 mod health;
+mod sms;
 mod tokens;
