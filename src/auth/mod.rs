@@ -94,22 +94,42 @@ fn session_key(sid: i64) -> String {
 /// `"live"` or `"revoked"`; a miss reads the database (the authority) and fills the cache.
 pub async fn check_session(state: &AppState, user_id: i64, sid: i64) -> Result<()> {
     let key = session_key(sid);
-    match state.cache.get(&key).await? {
-        Some(v) if v == "live" => return Ok(()),
-        Some(_) => return Err(Error::Unauthorized("session revoked".into())),
-        None => {}
+    // The cache only speeds this up: if it is unreachable, the database answers.
+    match state.cache.get(&key).await {
+        Ok(Some(v)) if v == "live" => return Ok(()),
+        Ok(Some(_)) => return Err(Error::Unauthorized("session revoked".into())),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "session cache unavailable; asking the database");
+            return check_session_db(state, user_id, sid).await.map(|_| ());
+        }
     }
-    let row = storage::sessions::get(&state.db, sid).await?;
-    let live = matches!(&row, Some(s) if s.user_id == user_id && s.revoked_at.is_none());
+    // A database error is not a verdict: never cache it as "revoked".
+    let live = match check_session_db(state, user_id, sid).await {
+        Ok(()) => true,
+        Err(Error::Unauthorized(_)) => false,
+        Err(e) => return Err(e),
+    };
     let ttl = state.config.jwt_access_ttl;
-    state
+    if let Err(e) = state
         .cache
         .set(&key, if live { "live" } else { "revoked" }, Some(ttl))
-        .await?;
+        .await
+    {
+        tracing::warn!(error = %e, "could not cache a session check");
+    }
     if live {
         Ok(())
     } else {
         Err(Error::Unauthorized("session revoked".into()))
+    }
+}
+
+async fn check_session_db(state: &AppState, user_id: i64, sid: i64) -> Result<()> {
+    let row = storage::sessions::get(&state.db, sid).await?;
+    match row {
+        Some(s) if s.user_id == user_id && s.revoked_at.is_none() => Ok(()),
+        _ => Err(Error::Unauthorized("session revoked".into())),
     }
 }
 
@@ -140,6 +160,8 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser> {
     let role =
         Role::parse(&claims.role).ok_or_else(|| Error::Unauthorized("invalid token".into()))?;
     check_session(state, user_id, session_id).await?;
+    // The request's log line names its user.
+    tracing::Span::current().record("user_id", user_id);
     Ok(AuthUser {
         user_id,
         session_id,

@@ -164,7 +164,7 @@ pub fn router(state: AppState) -> Router {
                         .get(&REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %rid)
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %rid, user_id = tracing::field::Empty)
                 })
                 .on_response(
                     |res: &Response, latency: Duration, _span: &tracing::Span| {

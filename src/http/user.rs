@@ -402,7 +402,13 @@ async fn patch_me(
         }
         patch.password_hash = Some(password::hash(new, state.config.bcrypt_cost).await?);
     }
+    let password_changed = patch.password_hash.is_some();
     users::update_profile(&state.db, row.id, patch).await?;
+    if password_changed {
+        // Other devices must log in again with the new password; this one stays signed in.
+        let others = sessions::live_others(&state.db, row.id, user.session_id).await?;
+        auth::revoke_sessions(&state, &others).await?;
+    }
     let row = load_user(&state, &user).await?;
     Ok(Json(user_view(&state, &row)))
 }
