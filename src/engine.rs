@@ -52,7 +52,9 @@ impl From<EngineError> for Error {
             EngineError::ConversationBusy => Error::ConversationBusy,
             EngineError::RateLimited { retry_after } => Error::RateLimited { retry_after },
             EngineError::Overloaded { retry_after } => Error::Overloaded { retry_after },
-            EngineError::UpstreamError(m) => Error::UpstreamError(m),
+            // The provider's status and message stay in the pool's logs; clients get the code and
+            // a generic message (the REST error body displays the inner text).
+            e @ EngineError::UpstreamError(_) => Error::UpstreamError(e.public_message()),
             EngineError::UpstreamTimeout => Error::UpstreamTimeout,
             EngineError::Internal(m) => Error::Internal(anyhow::anyhow!(m)),
         }
@@ -219,7 +221,7 @@ impl Store for SqlStore {
         &self,
         conversation_id: i64,
         turn_id: Option<i64>,
-    ) -> BoxFuture<'_, PortResult<()>> {
+    ) -> BoxFuture<'_, PortResult<bool>> {
         async move { Ok(storage::chat::abort_turn(&self.db, conversation_id, turn_id).await?) }
             .boxed()
     }

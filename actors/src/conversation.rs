@@ -91,6 +91,8 @@ pub struct ConvArgs {
     pub core: Arc<Core>,
     pub depth: Arc<AtomicUsize>,
     pub owner: Arc<AtomicI64>,
+    /// The turn in flight (0: none), for the supervisor.
+    pub turn: Arc<AtomicI64>,
 }
 
 struct Loaded {
@@ -116,6 +118,8 @@ struct Turn {
     index: u64,
     usage: Option<Usage>,
     cancel: CancellationToken,
+    /// Stops the upstream job when the turn is dropped without an end (the actor crashed).
+    _cancel_on_drop: tokio_util::sync::DropGuard,
     updates: Option<mpsc::UnboundedSender<TurnUpdate>>,
     started: Instant,
 }
@@ -125,6 +129,7 @@ pub struct ConvState {
     core: Arc<Core>,
     depth: Arc<AtomicUsize>,
     owner: Arc<AtomicI64>,
+    turn_in_flight: Arc<AtomicI64>,
     loaded: Option<Loaded>,
     turn: Option<Turn>,
     last_active: Instant,
@@ -152,6 +157,7 @@ impl Actor for Conversation {
             core: args.core,
             depth: args.depth,
             owner: args.owner,
+            turn_in_flight: args.turn,
             loaded: None,
             turn: None,
             last_active: Instant::now(),
@@ -169,6 +175,7 @@ impl Actor for Conversation {
         }
         // Stopped with a turn in flight (conversation deleted): end it cleanly.
         if let Some(turn) = state.turn.take() {
+            state.turn_in_flight.store(0, Ordering::Relaxed);
             turn.cancel.cancel();
             let core = state.core.clone();
             let conv = state.id;
@@ -405,6 +412,7 @@ impl ConvState {
             }
             Err(e) => return Err((e, ack)),
         };
+        self.turn_in_flight.store(turn_id, Ordering::Relaxed);
         core.metrics.turns_started.fetch_add(1, Ordering::Relaxed);
         let assistant_id = crate::ids::next_id();
         // Stored: acknowledge to the requester and to every device of the user.
@@ -470,6 +478,7 @@ impl ConvState {
             text: String::new(),
             index: 0,
             usage: None,
+            _cancel_on_drop: cancel.clone().drop_guard(),
             cancel,
             updates,
             started: Instant::now(),
@@ -512,6 +521,7 @@ impl ConvState {
     /// Ends the turn: stores the assistant message, settles credits, tells everyone.
     async fn finish(&mut self, status: &'static str, error: Option<EngineError>) {
         let Some(turn) = self.turn.take() else { return };
+        self.turn_in_flight.store(0, Ordering::Relaxed);
         let core = self.core.clone();
         let delivered = !turn.text.is_empty();
         let completion_local = if delivered { tokens::count(&turn.text) } else { 0 };

@@ -359,6 +359,7 @@ impl SupState {
             actor,
             depth,
             owner: Arc::new(AtomicI64::new(user_id)),
+            turn: Arc::new(AtomicI64::new(0)),
         };
         self.core.registry.users.insert(user_id, entry.clone());
         Ok(entry)
@@ -374,6 +375,7 @@ impl SupState {
         }
         let depth = Arc::new(AtomicUsize::new(0));
         let owner = Arc::new(AtomicI64::new(0));
+        let turn = Arc::new(AtomicI64::new(0));
         let (actor, _) = Actor::spawn_linked(
             None,
             Conversation,
@@ -382,6 +384,7 @@ impl SupState {
                 core: self.core.clone(),
                 depth: depth.clone(),
                 owner: owner.clone(),
+                turn: turn.clone(),
             },
             myself.get_cell(),
         )
@@ -393,6 +396,7 @@ impl SupState {
             actor,
             depth,
             owner,
+            turn,
         };
         self.core
             .registry
@@ -401,10 +405,12 @@ impl SupState {
         Ok(entry)
     }
 
-    /// Forgets a stopped child; returns its kind, id and (for a conversation) owner.
-    fn forget(&mut self, cell: &ActorCell) -> Option<(Kind, i64, i64)> {
+    /// Forgets a stopped child; returns its kind, id and (for a conversation) owner and turn in
+    /// flight (0: none).
+    fn forget(&mut self, cell: &ActorCell) -> Option<(Kind, i64, i64, i64)> {
         let (kind, id) = self.children.remove(&cell.get_id())?;
         let mut owner = 0;
+        let mut turn = 0;
         match kind {
             Kind::UserSession => {
                 self.core
@@ -420,10 +426,11 @@ impl SupState {
                     .remove_if(&id, |_, e| e.actor.get_id() == cell.get_id())
                 {
                     owner = e.owner.load(Ordering::Relaxed);
+                    turn = e.turn.load(Ordering::Relaxed);
                 }
             }
         }
-        Some((kind, id, owner))
+        Some((kind, id, owner, turn))
     }
 }
 
@@ -475,20 +482,26 @@ impl Actor for Supervisor {
                 state.forget(&cell);
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                let Some((kind, id, owner)) = state.forget(&cell) else {
+                let Some((kind, id, owner, turn)) = state.forget(&cell) else {
                     return Ok(());
                 };
                 tracing::error!(?kind, id, error = %err, "actor failed; restarting");
                 state.core.metrics.restart(kind);
-                if kind == Kind::Conversation {
-                    // The turn in flight (if any) is lost: release what it held and tell the
-                    // user, so the client sees an error rather than a silent hang.
+                if kind == Kind::Conversation && turn != 0 {
+                    // The turn in flight is lost: release what it held and tell the user, so
+                    // the client sees an error rather than a silent hang. Only that turn (a
+                    // turn of another node holding the conversation is not ours to undo), and
+                    // only if it was still open (its end may have been stored just before).
                     let core = state.core.clone();
                     core.tracker.clone().spawn(async move {
-                        if let Err(e) = core.store.abort_turn(id, None).await {
-                            tracing::error!(conversation_id = id, error = %e, "abort of lost turn failed");
-                        }
-                        if owner != 0 {
+                        let aborted = match core.store.abort_turn(id, Some(turn)).await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::error!(conversation_id = id, error = %e, "abort of lost turn failed");
+                                false
+                            }
+                        };
+                        if aborted && owner != 0 {
                             let engine = Engine(core.clone());
                             let err = EngineError::Internal("the turn was lost; please retry".into());
                             engine.publish(

@@ -103,8 +103,13 @@ pub trait Store: Send + Sync + 'static {
         -> BoxFuture<'_, PortResult<Option<ConversationSnapshot>>>;
     fn begin_turn(&self, t: BeginTurn) -> BoxFuture<'_, PortResult<BeginOutcome>>;
     fn finish_turn(&self, t: FinishTurn) -> BoxFuture<'_, PortResult<FinishOutcome>>;
-    /// Undoes a turn lost to a crash: clears its lock, releases its reservation.
-    fn abort_turn(&self, conversation_id: i64, turn_id: Option<i64>) -> BoxFuture<'_, PortResult<()>>;
+    /// Undoes a turn lost to a crash: clears its lock, releases its reservation. `true` if the
+    /// turn was still open and is now undone.
+    fn abort_turn(
+        &self,
+        conversation_id: i64,
+        turn_id: Option<i64>,
+    ) -> BoxFuture<'_, PortResult<bool>>;
     fn balance(&self, user_id: i64) -> BoxFuture<'_, PortResult<i64>>;
 }
 

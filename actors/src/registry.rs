@@ -18,6 +18,9 @@ pub struct Entry<M> {
     /// For conversations: the owning user once loaded (0 before), so the supervisor can tell
     /// the right user about a lost turn.
     pub owner: Arc<AtomicI64>,
+    /// For conversations: the id of the turn in flight (0: none), so the supervisor can undo
+    /// exactly the turn a crash lost — and nothing when none was in flight.
+    pub turn: Arc<AtomicI64>,
 }
 
 impl<M> Clone for Entry<M> {
@@ -26,6 +29,7 @@ impl<M> Clone for Entry<M> {
             actor: self.actor.clone(),
             depth: self.depth.clone(),
             owner: self.owner.clone(),
+            turn: self.turn.clone(),
         }
     }
 }

@@ -374,6 +374,14 @@ fn sse(
                 return;
             }
         }
+        // The turn ended without an answer (its actor crashed or was stopped): say so rather
+        // than end the stream in silence.
+        let err = questech_actors::EngineError::Internal("the turn was lost; please retry".into());
+        let _ = tx.send(event(&Frame::ChatError {
+            id: None,
+            conversation_id,
+            error: ErrorBody::from(&err),
+        }));
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

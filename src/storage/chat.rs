@@ -30,6 +30,7 @@ pub struct ConversationRow {
     #[schema(value_type = Option<String>)]
     pub agent_id: Option<i64>,
     #[serde(skip)]
+    #[sqlx(try_from = "super::OptText")]
     pub system_prompt: Option<String>,
     #[serde(serialize_with = "crate::time::ser")]
     #[schema(value_type = String, format = DateTime)]
@@ -49,6 +50,7 @@ pub struct MessageRow {
     pub conversation_id: i64,
     pub seq: i64,
     pub role: String,
+    #[sqlx(try_from = "super::Text")]
     pub content: String,
     pub status: String,
     pub model: String,
@@ -266,6 +268,7 @@ pub async fn begin_turn(db: &Db, t: BeginTurn) -> Result<BeginOutcome> {
     }
     let now = now_ms();
     let mut tx = db.begin_write().await?;
+    lock_user(&mut tx, t.user_id).await?;
     let locked = sqlx::query(
         "UPDATE conversations SET last_seq = last_seq + 1, turn_id = ?, turn_node = ?, turn_expires = ?, updated_at = ? \
          WHERE id = ? AND user_id = ? AND deleted_at IS NULL AND (turn_id IS NULL OR turn_expires < ?)",
@@ -348,6 +351,18 @@ pub async fn begin_turn(db: &Db, t: BeginTurn) -> Result<BeginOutcome> {
     })
 }
 
+/// Takes the user's row lock first (a write, so also SQLite's write lock). Updating a
+/// conversation's `updated_at` makes MySQL check its foreign key, which takes a shared lock on
+/// the user's row; two turns of one user that then both want the row for their credits would
+/// deadlock. Locking the user first orders every turn transaction the same way.
+async fn lock_user(tx: &mut sqlx::Transaction<'static, sqlx::Any>, user_id: i64) -> Result<()> {
+    sqlx::query("UPDATE users SET reserved = reserved WHERE id = ?")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 async fn insert_message(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     m: &StoredMessage,
@@ -397,6 +412,7 @@ async fn release_reservation(
 pub async fn finish_turn(db: &Db, t: FinishTurn) -> Result<FinishOutcome> {
     let now = now_ms();
     let mut tx = db.begin_write().await?;
+    lock_user(&mut tx, t.user_id).await?;
     sqlx::query(
         "UPDATE conversations SET last_seq = last_seq + 1, turn_id = NULL, turn_node = NULL, turn_expires = NULL, updated_at = ? WHERE id = ?",
     )
@@ -505,18 +521,19 @@ pub async fn insert_usage(
 }
 
 /// Undoes a turn lost to a crash: frees the conversation's lock and releases the turn's
-/// reservation. With `turn_id` None, whatever turn the conversation holds.
-pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> Result<()> {
+/// reservation. With `turn_id` None, whatever turn the conversation holds. Returns whether a
+/// turn was undone.
+pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> Result<bool> {
     let current: Option<Option<i64>> =
         sqlx::query_scalar("SELECT turn_id FROM conversations WHERE id = ?")
             .bind(conversation_id)
             .fetch_optional(&db.write)
             .await?;
     let Some(Some(current)) = current else {
-        return Ok(());
+        return Ok(false);
     };
     if turn_id.is_some_and(|t| t != current) {
-        return Ok(());
+        return Ok(false);
     }
     let mut tx = db.begin_write().await?;
     let freed = sqlx::query(
@@ -529,7 +546,7 @@ pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> 
     .rows_affected();
     if freed == 0 {
         tx.rollback().await?;
-        return Ok(());
+        return Ok(false);
     }
     let res: Vec<(i64, i64, i64)> =
         sqlx::query_as("SELECT id, user_id, amount FROM credit_reservations WHERE ref_id = ?")
@@ -540,7 +557,7 @@ pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> 
         release_reservation(&mut tx, id, user_id, amount).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// At start-up: releases reservations and turn locks this node left behind (it crashed or

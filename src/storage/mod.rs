@@ -200,3 +200,74 @@ impl<T> Paged<T> {
         }
     }
 }
+
+/// A text column as the neutral driver hands it over. MySQL reports `TEXT`/`MEDIUMTEXT` columns
+/// as BLOB, which `String` refuses to decode ("mismatched types"); this reads either as UTF-8.
+/// Use it on such columns with `#[sqlx(try_from = "Text")]` (`OptText` for nullable ones).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Text(pub String);
+
+fn is_blob(ty: &sqlx::any::AnyTypeInfo) -> bool {
+    <Vec<u8> as sqlx::Type<sqlx::Any>>::compatible(ty)
+}
+
+impl sqlx::Type<sqlx::Any> for Text {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <String as sqlx::Type<sqlx::Any>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Any>>::compatible(ty) || is_blob(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for Text {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        use sqlx::ValueRef as _;
+        if is_blob(&value.type_info()) {
+            let bytes = <Vec<u8> as sqlx::Decode<sqlx::Any>>::decode(value)?;
+            Ok(Text(String::from_utf8(bytes)?))
+        } else {
+            Ok(Text(<String as sqlx::Decode<sqlx::Any>>::decode(value)?))
+        }
+    }
+}
+
+impl From<Text> for String {
+    fn from(t: Text) -> String {
+        t.0
+    }
+}
+
+/// A nullable text column (see [`Text`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OptText(pub Option<String>);
+
+impl sqlx::Type<sqlx::Any> for OptText {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <Text as sqlx::Type<sqlx::Any>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <Text as sqlx::Type<sqlx::Any>>::compatible(ty)
+            || <Option<String> as sqlx::Type<sqlx::Any>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for OptText {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        use sqlx::ValueRef as _;
+        if value.is_null() {
+            return Ok(OptText(None));
+        }
+        Ok(OptText(Some(
+            <Text as sqlx::Decode<sqlx::Any>>::decode(value)?.0,
+        )))
+    }
+}
+
+impl From<OptText> for Option<String> {
+    fn from(t: OptText) -> Option<String> {
+        t.0
+    }
+}

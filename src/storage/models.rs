@@ -19,6 +19,7 @@ pub struct ModelRow {
     pub prompt_per_1k: f64,
     pub completion_per_1k: f64,
     pub per_request: i64,
+    #[sqlx(try_from = "super::Text")]
     pub fallbacks: String,
     pub enabled: i64,
     pub sort_order: i64,

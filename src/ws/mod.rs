@@ -111,6 +111,15 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
             close: close.clone(),
         },
     };
+    // `hello` is queued before the connection is attached, so that it is the first frame even
+    // when the user's other devices are mid-turn.
+    let hello = Frame::Hello {
+        user_id: user.user_id.to_string(),
+        session_id: user.session_id.to_string(),
+        credits,
+        server_time: crate::time::rfc3339(crate::time::now_ms()),
+    };
+    let _ = tx.send(hello.to_bytes()).await;
     if state
         .engine
         .send_user(user.user_id, attach(tx.clone()))
@@ -120,13 +129,6 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
         metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
         return;
     }
-    let hello = Frame::Hello {
-        user_id: user.user_id.to_string(),
-        session_id: user.session_id.to_string(),
-        credits,
-        server_time: crate::time::rfc3339(crate::time::now_ms()),
-    };
-    let _ = tx.send(hello.to_bytes()).await;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();

@@ -12,11 +12,18 @@
 
 #[macro_use]
 mod common;
+#[macro_use]
+mod wsclient;
 
 mod accounts;
+mod chat_faults;
+mod chat_rest;
+mod chat_ws;
 mod apple;
 mod cli;
+mod credits;
 mod errors;
 mod health;
+mod supervision;
 mod sms;
 mod tokens;
