@@ -6,10 +6,12 @@
 //! the difference lives in [`Dialect`] and nowhere else.
 
 pub mod agents;
+pub mod api_keys;
 pub mod chat;
 pub mod ledger;
 pub mod models;
 pub mod sessions;
+pub mod usage;
 pub mod users;
 
 use std::str::FromStr;

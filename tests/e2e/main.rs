@@ -27,3 +27,5 @@ mod health;
 mod supervision;
 mod sms;
 mod tokens;
+mod api_keys;
+mod v1;

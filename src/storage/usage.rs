@@ -1,0 +1,213 @@
+//! Stateless billing of one-shot model calls (`/v1`), and the per-request usage history
+//! (SPEC §5 `GET /user/usage`, §6 reserve-then-settle).
+//!
+//! `reserve` holds the call's maximum cost before anything goes upstream; `settle` releases it
+//! and charges the actual cost with its ledger row and usage log, all in one transaction. No
+//! transaction is open between the two (never across an LLM call).
+
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{Db, Page};
+use crate::error::Result;
+use crate::time::now_ms;
+
+/// Reserves `amount` credits of the user's spendable balance (credits minus open
+/// reservations) under a `credit_reservations` row owned by this node. `None`: the balance
+/// cannot cover it, nothing changed.
+pub async fn reserve(
+    db: &Db,
+    user_id: i64,
+    amount: i64,
+    node_id: &str,
+    ref_id: &str,
+    ttl_ms: i64,
+) -> Result<Option<i64>> {
+    let amount = amount.max(0);
+    let now = now_ms();
+    let mut tx = db.begin_write().await?;
+    let reserved = sqlx::query(
+        "UPDATE users SET reserved = reserved + ? WHERE id = ? AND credits - reserved >= ?",
+    )
+    .bind(amount)
+    .bind(user_id)
+    .bind(amount)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if reserved == 0 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let id = crate::ids::next_id();
+    sqlx::query(
+        "INSERT INTO credit_reservations (id, user_id, amount, node_id, ref_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(amount)
+    .bind(node_id)
+    .bind(ref_id)
+    .bind(now)
+    .bind(now + ttl_ms)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(id))
+}
+
+/// The end of a one-shot call.
+pub struct Settle<'a> {
+    pub user_id: i64,
+    pub reservation_id: i64,
+    pub reserved: i64,
+    /// The cost to charge (clamped to what the balance can cover).
+    pub charge: i64,
+    /// Ledger reason (`api`, `toolkit`) and usage kind (`v1`, `toolkit`).
+    pub reason: &'a str,
+    pub kind: &'a str,
+    /// The request's id, kept as the ledger row's `ref_id`.
+    pub ref_id: &'a str,
+    pub model: &'a str,
+    pub api_key_id: Option<i64>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub latency_ms: i64,
+    /// `ok`, `failed` or `cancelled`.
+    pub status: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub charged: i64,
+    pub balance: i64,
+}
+
+/// Releases the reservation (if still open), charges `min(charge, credits - reserved)` with one
+/// ledger row, and writes one usage row — all or nothing.
+pub async fn settle(db: &Db, s: &Settle<'_>) -> Result<Settled> {
+    let now = now_ms();
+    let mut tx = db.begin_write().await?;
+    let gone = sqlx::query("DELETE FROM credit_reservations WHERE id = ?")
+        .bind(s.reservation_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone > 0 {
+        sqlx::query("UPDATE users SET reserved = reserved - ? WHERE id = ?")
+            .bind(s.reserved)
+            .bind(s.user_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let (credits, reserved): (i64, i64) =
+        sqlx::query_as("SELECT credits, reserved FROM users WHERE id = ?")
+            .bind(s.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let charge = s.charge.clamp(0, (credits - reserved).max(0));
+    let balance = credits - charge;
+    if charge > 0 {
+        sqlx::query("UPDATE users SET credits = credits - ?, updated_at = ? WHERE id = ?")
+            .bind(charge)
+            .bind(now)
+            .bind(s.user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO credit_ledger (id, user_id, delta, balance_after, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+        )
+        .bind(crate::ids::next_id())
+        .bind(s.user_id)
+        .bind(-charge)
+        .bind(balance)
+        .bind(s.reason)
+        .bind(s.ref_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    super::chat::insert_usage(
+        &mut tx,
+        super::chat::UsageRow {
+            user_id: s.user_id,
+            kind: s.kind,
+            model: s.model,
+            api_key_id: s.api_key_id,
+            prompt_tokens: s.prompt_tokens,
+            completion_tokens: s.completion_tokens,
+            credits: charge,
+            latency_ms: s.latency_ms,
+            status: s.status,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Settled {
+        charged: charge,
+        balance,
+    })
+}
+
+/// Gives a reservation back without charging anything or logging usage (the call never
+/// started). Returns whether it was still open.
+pub async fn release(db: &Db, user_id: i64, reservation_id: i64, amount: i64) -> Result<bool> {
+    let mut tx = db.begin_write().await?;
+    let gone = sqlx::query("DELETE FROM credit_reservations WHERE id = ?")
+        .bind(reservation_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone > 0 {
+        sqlx::query("UPDATE users SET reserved = reserved - ? WHERE id = ?")
+            .bind(amount)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(gone > 0)
+}
+
+/// One row of the usage history.
+#[derive(Debug, Clone, FromRow, Serialize, utoipa::ToSchema)]
+pub struct UsageLogRow {
+    #[serde(serialize_with = "crate::time::ser_id")]
+    #[schema(value_type = String)]
+    pub id: i64,
+    #[serde(skip)]
+    pub user_id: i64,
+    /// `v1`, `chat` or `toolkit`.
+    pub kind: String,
+    pub model: String,
+    #[serde(serialize_with = "crate::time::ser_opt_id")]
+    #[schema(value_type = Option<String>)]
+    pub api_key_id: Option<i64>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub credits: i64,
+    pub latency_ms: i64,
+    /// `ok`, `failed` or `cancelled`.
+    pub status: String,
+    #[serde(serialize_with = "crate::time::ser")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+}
+
+/// The user's usage rows, newest first.
+pub async fn list(db: &Db, user_id: i64, page: Page) -> Result<(Vec<UsageLogRow>, i64)> {
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs WHERE user_id = ?")
+        .bind(user_id)
+        .fetch_one(&db.read)
+        .await?;
+    let items = sqlx::query_as(
+        "SELECT id, user_id, kind, model, api_key_id, prompt_tokens, completion_tokens, credits, latency_ms, status, created_at \
+         FROM usage_logs WHERE user_id = ? ORDER BY id DESC LIMIT ? OFFSET ?",
+    )
+    .bind(user_id)
+    .bind(page.page_size)
+    .bind(page.offset())
+    .fetch_all(&db.read)
+    .await?;
+    Ok((items, total))
+}
