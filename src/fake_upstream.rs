@@ -174,9 +174,14 @@ pub struct FakeUpstream {
 
 /// Starts a fake upstream on a free loopback port.
 pub async fn start(behavior: Behavior) -> std::io::Result<FakeUpstream> {
+    start_on(0, behavior).await
+}
+
+/// Starts a fake upstream on `127.0.0.1:<port>` (0: a free port).
+pub async fn start_on(port: u16, behavior: Behavior) -> std::io::Result<FakeUpstream> {
     use axum::serve::ListenerExt as _;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -16,6 +16,7 @@ mod common;
 mod wsclient;
 
 mod accounts;
+mod bench_smoke;
 mod chat_faults;
 mod chat_rest;
 mod chat_ws;

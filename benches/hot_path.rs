@@ -1,0 +1,458 @@
+//! Micro-benchmarks of the hot-path pieces (criterion): frame parse and serialise, access-token
+//! verification with the session check, token counting, actor round trips, context trimming and
+//! upstream SSE parsing. Short on purpose (3 s per bench): `cargo bench` runs in a few minutes.
+//! Benchmarks measure; they never fail on a time.
+//!
+//! ```sh
+//! cargo bench --bench hot_path                 # all
+//! cargo bench --bench hot_path -- auth/        # one group
+//! QT_BENCH_REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench hot_path -- cache/redis
+//! ```
+//!
+//! Two pieces are not public and are mirrored here, with the same code shape:
+//! - the WebSocket client frame (`ws::ClientFrame`, private to the server's `ws` module);
+//! - the context trimming of `conversation.rs` (inside the actor's `start_turn`): the same
+//!   count-then-take-newest-that-fit loop over the same `(ChatMessage, tokens)` history, using
+//!   the public `tokens::count`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{HashMap, VecDeque};
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use questech::auth::jwt::JwtKeys;
+use questech::cache::{Cache, MemoryCache};
+use questech::llm::sse::SseParser;
+use questech::AppState;
+use questech_actors::events::{Credits, Frame, MsgUsage, StoredMessage};
+use questech_actors::llm::ChatMessage;
+use questech_actors::tokens;
+use questech_actors::user_session::{Connection, UserMsg};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "bench-jwt-secret-0123456789-abcdefghijklmnopqrstuv";
+const CONTENT: &str = "Hello! Please tell me something interesting about the history of Rome.";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---- frames -------------------------------------------------------------------------------------
+
+/// Mirror of the server's private `ws::ClientFrame` (same serde shape).
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+#[allow(dead_code)]
+enum ClientFrame {
+    #[serde(rename = "chat.send")]
+    Send {
+        id: Option<String>,
+        conversation_id: String,
+        content: String,
+        model: Option<String>,
+    },
+    #[serde(rename = "chat.cancel")]
+    Cancel { conversation_id: String },
+    #[serde(rename = "conversation.sync")]
+    Sync {
+        conversation_id: String,
+        after_seq: Option<i64>,
+    },
+    #[serde(rename = "ping")]
+    Ping,
+}
+
+fn message(content: &str) -> StoredMessage {
+    StoredMessage {
+        id: 385_430_982_288_481_280,
+        conversation_id: 385_430_982_288_481_024,
+        seq: 42,
+        role: "assistant".into(),
+        content: content.into(),
+        status: "complete".into(),
+        model: "gpt-4o-mini".into(),
+        usage: MsgUsage {
+            prompt_tokens: 120,
+            completion_tokens: 16,
+        },
+        credits_charged: 3,
+        client_msg_id: Some("c-1234567".into()),
+        created_at: 1_790_000_000_000,
+    }
+}
+
+fn frames(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frames");
+    let send = format!(
+        r#"{{"type":"chat.send","id":"c-1234567","conversation_id":"385430982288481024","content":"{CONTENT}"}}"#
+    );
+    g.throughput(Throughput::Bytes(send.len() as u64));
+    g.bench_function("client_chat_send_parse", |b| {
+        b.iter(|| {
+            let f: ClientFrame = serde_json::from_str(black_box(&send)).unwrap();
+            black_box(f)
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    let delta = Frame::Delta {
+        conversation_id: 385_430_982_288_481_024,
+        message_id: 385_430_982_288_481_280,
+        index: 7,
+        delta: " upstream".into(),
+    };
+    g.bench_function("server_delta_to_bytes", |b| {
+        b.iter(|| black_box(black_box(&delta).to_bytes()))
+    });
+    let done = Frame::Done {
+        conversation_id: 385_430_982_288_481_024,
+        message: message(&"Hello from fake upstream ".repeat(20)),
+        credits: Credits {
+            charged: 3,
+            balance: 999_997,
+        },
+    };
+    g.bench_function("server_done_500b_to_bytes", |b| {
+        b.iter(|| black_box(black_box(&done).to_bytes()))
+    });
+    g.finish();
+}
+
+// ---- auth ---------------------------------------------------------------------------------------
+
+fn bench_state(rt: &tokio::runtime::Runtime) -> (AppState, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("qt-bench-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let map: HashMap<String, String> = [
+        ("DATA_DIR", dir.to_string_lossy().into_owned()),
+        (
+            "UPLOAD_DIR",
+            dir.join("uploads").to_string_lossy().into_owned(),
+        ),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("q.db").display()),
+        ),
+        ("BIND_ADDR", "127.0.0.1:0".to_owned()),
+        ("SERVICE_DEBUG", "true".to_owned()),
+        ("JWT_SECRET_KEY", SECRET.to_owned()),
+        ("NODE_ID", "bench".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let config = questech::Config::from_map(&map).unwrap();
+    let state = rt.block_on(AppState::build(config)).unwrap();
+    (state, dir)
+}
+
+fn auth(c: &mut Criterion) {
+    let rt = rt();
+    let mut g = c.benchmark_group("auth");
+    let keys = JwtKeys::new(SECRET, 900);
+    let token = keys
+        .issue(385_430_982_288_481_280, 385_430_982_288_481_536, "user")
+        .unwrap();
+    g.bench_function("jwt_verify", |b| {
+        b.iter(|| black_box(keys.verify(black_box(&token)).unwrap()))
+    });
+
+    let mem = Cache::Memory(MemoryCache::new());
+    rt.block_on(mem.set(
+        "sess:385430982288481536",
+        "live",
+        Some(Duration::from_secs(900)),
+    ))
+    .unwrap();
+    g.bench_function("session_lookup_memory_cache", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(mem.get("sess:385430982288481536").await.unwrap()) })
+    });
+
+    // The whole check the `AuthUser` extractor does: signature, claims, then the session's
+    // liveness from the cache (a warm session, as on every request after the first).
+    let (state, dir) = bench_state(&rt);
+    let (uid, sid) = (385_430_982_288_481_280_i64, 385_430_982_288_481_536_i64);
+    let token = state.jwt.issue(uid, sid, "user").unwrap();
+    rt.block_on(state.cache.set(
+        &format!("sess:{sid}"),
+        "live",
+        Some(Duration::from_secs(900)),
+    ))
+    .unwrap();
+    rt.block_on(questech::auth::authenticate(&state, &token))
+        .unwrap();
+    g.bench_function("authenticate_jwt_and_session", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(questech::auth::authenticate(&state, &token).await.unwrap())
+        })
+    });
+    g.finish();
+
+    // Engine: a frame published to a user's session actor, delivered to an attached
+    // connection's queue (what every `chat.delta` goes through).
+    let mut g = c.benchmark_group("actor");
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    rt.block_on(state.engine.send_user(
+        uid,
+        UserMsg::Attach {
+            conn_id: 1,
+            conn: Connection {
+                tx,
+                close: CancellationToken::new(),
+            },
+        },
+    ))
+    .unwrap();
+    let frame = Frame::Delta {
+        conversation_id: 385_430_982_288_481_024,
+        message_id: 385_430_982_288_481_280,
+        index: 7,
+        delta: " upstream".into(),
+    };
+    g.bench_function("engine_publish_to_user_connection", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    state.engine.publish(uid, &frame);
+                    black_box(rx.recv().await.unwrap());
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+    state.shutdown.cancel();
+    drop(state);
+    let _ = std::fs::remove_dir_all(dir);
+
+    if let Ok(url) = std::env::var("QT_BENCH_REDIS_URL") {
+        let mut g = c.benchmark_group("cache");
+        let redis = rt
+            .block_on(Cache::connect(Some(&url), "qt-bench:"))
+            .unwrap();
+        rt.block_on(redis.set("sess:1", "live", Some(Duration::from_secs(60))))
+            .unwrap();
+        g.bench_function("redis_session_lookup", |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(redis.get("sess:1").await.unwrap()) })
+        });
+        g.finish();
+    }
+}
+
+// ---- actors -------------------------------------------------------------------------------------
+
+struct Echo;
+
+enum EchoMsg {
+    Call(RpcReplyPort<u64>),
+    Cast(u64, oneshot::Sender<u64>),
+}
+
+impl Actor for Echo {
+    type Msg = EchoMsg;
+    type State = u64;
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<EchoMsg>, _: ()) -> Result<u64, ActorProcessingErr> {
+        Ok(0)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<EchoMsg>,
+        msg: EchoMsg,
+        n: &mut u64,
+    ) -> Result<(), ActorProcessingErr> {
+        *n += 1;
+        match msg {
+            EchoMsg::Call(reply) => {
+                let _ = reply.send(*n);
+            }
+            EchoMsg::Cast(v, tx) => {
+                let _ = tx.send(v + 1);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn actors(c: &mut Criterion) {
+    let rt = rt();
+    let (actor, handle) = rt.block_on(Actor::spawn(None, Echo, ())).unwrap();
+    let mut g = c.benchmark_group("actor");
+    g.bench_function("ractor_call_round_trip", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(ractor::call!(actor, EchoMsg::Call).unwrap()) })
+    });
+    g.bench_function("ractor_cast_oneshot_round_trip", |b| {
+        b.to_async(&rt).iter(|| async {
+            let (tx, rx) = oneshot::channel();
+            actor.cast(EchoMsg::Cast(1, tx)).unwrap();
+            black_box(rx.await.unwrap())
+        })
+    });
+    g.finish();
+    actor.stop(None);
+    let _ = rt.block_on(handle);
+}
+
+// ---- tokens and context -------------------------------------------------------------------------
+
+fn token_counting(c: &mut Criterion) {
+    tokens::warm_up();
+    let mut g = c.benchmark_group("tokens");
+    let long =
+        "The quick brown fox jumps over the lazy dog; 敏捷的棕色狐狸跳过了懒狗。 ".repeat(60);
+    g.throughput(Throughput::Bytes(CONTENT.len() as u64));
+    g.bench_function("count_70b_message", |b| {
+        b.iter(|| black_box(tokens::count(black_box(CONTENT))))
+    });
+    g.throughput(Throughput::Bytes(long.len() as u64));
+    g.bench_function("count_4kb_mixed", |b| {
+        b.iter(|| black_box(tokens::count(black_box(&long))))
+    });
+    g.finish();
+}
+
+/// The conversation actor's context step, as in `conversation.rs`: count the new message (and
+/// the system prompt), take the newest turns of the history that fit the budget, build the
+/// messages.
+fn trim(
+    history: &VecDeque<(ChatMessage, u64)>,
+    system_prompt: Option<&str>,
+    content: &str,
+    budget: u64,
+) -> (Vec<ChatMessage>, u64) {
+    let new_tokens = tokens::count(content) + 4;
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    let mut used = new_tokens + 3;
+    if let Some(sp) = system_prompt.filter(|s| !s.is_empty()) {
+        used += tokens::count(sp) + 4;
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: sp.to_owned(),
+        });
+    }
+    let mut take = 0;
+    for (_, t) in history.iter().rev() {
+        if used + t > budget {
+            break;
+        }
+        used += t;
+        take += 1;
+    }
+    let skip = history.len() - take;
+    messages.extend(history.iter().skip(skip).map(|(m, _)| m.clone()));
+    messages.push(ChatMessage {
+        role: "user".into(),
+        content: content.to_owned(),
+    });
+    (messages, used)
+}
+
+fn context(c: &mut Criterion) {
+    tokens::warm_up();
+    let mut g = c.benchmark_group("context");
+    let turn = |i: usize| {
+        let role = if i.is_multiple_of(2) {
+            "user"
+        } else {
+            "assistant"
+        };
+        let content = format!("Turn {i}: {}", "some earlier words of the chat ".repeat(8));
+        ChatMessage {
+            role: role.into(),
+            content,
+        }
+    };
+    let raw: Vec<ChatMessage> = (0..200).map(turn).collect();
+    // What loading a conversation does once: count every stored message.
+    g.bench_function("load_count_200_messages", |b| {
+        b.iter(|| {
+            let h: VecDeque<(ChatMessage, u64)> = black_box(&raw)
+                .iter()
+                .map(|m| (m.clone(), tokens::count(&m.content) + 4))
+                .collect();
+            black_box(h)
+        })
+    });
+    let history: VecDeque<(ChatMessage, u64)> = raw
+        .iter()
+        .map(|m| (m.clone(), tokens::count(&m.content) + 4))
+        .collect();
+    let sp = "You are a helpful assistant who answers briefly.";
+    // Per turn: everything fits (128k window) vs. a small window that cuts most history.
+    g.bench_function("trim_200_turns_all_fit", |b| {
+        b.iter(|| black_box(trim(&history, Some(sp), CONTENT, 128_000 - 16_384)))
+    });
+    g.bench_function("trim_200_turns_4k_budget", |b| {
+        b.iter(|| black_box(trim(&history, Some(sp), CONTENT, 4_096)))
+    });
+    g.finish();
+}
+
+// ---- upstream SSE -------------------------------------------------------------------------------
+
+fn sse(c: &mut Criterion) {
+    let mut stream = String::new();
+    let chunk = |delta: &str| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-fake-1\",\"object\":\"chat.completion.chunk\",\"created\":1790000000,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"
+        )
+    };
+    stream.push_str(&chunk(r#"{"role":"assistant"}"#));
+    for w in ["Hello", " from", " fake", " upstream"]
+        .iter()
+        .cycle()
+        .take(16)
+    {
+        stream.push_str(&chunk(&format!(r#"{{"content":"{w}"}}"#)));
+    }
+    stream.push_str("data: {\"id\":\"chatcmpl-fake-1\",\"object\":\"chat.completion.chunk\",\"created\":1790000000,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":16,\"total_tokens\":26}}\n\n");
+    stream.push_str("data: [DONE]\n\n");
+    let bytes = stream.into_bytes();
+    let mut g = c.benchmark_group("sse");
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("parse_16_chunk_stream_whole", |b| {
+        b.iter(|| {
+            let mut p = SseParser::new();
+            let mut out = Vec::new();
+            p.feed_into(black_box(&bytes), &mut out);
+            black_box(out)
+        })
+    });
+    // As it arrives over TCP: one read per event, cut at arbitrary points.
+    g.bench_function("parse_16_chunk_stream_in_200b_reads", |b| {
+        b.iter(|| {
+            let mut p = SseParser::new();
+            let mut out = Vec::new();
+            for piece in black_box(&bytes).chunks(200) {
+                p.feed_into(piece, &mut out);
+            }
+            black_box(out)
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30);
+    targets = frames, auth, actors, token_counting, context, sse
+}
+criterion_main!(benches);
