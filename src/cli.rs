@@ -3,7 +3,6 @@
 use std::io::Read;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::state::AppState;
@@ -85,14 +84,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState::build(config).await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "questech listening");
-    let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        crate::server::shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        trigger.cancel();
-    });
-    crate::server::serve(listener, state, shutdown).await?;
+    crate::server::run_until(listener, state, crate::server::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -296,46 +296,73 @@ impl Limits for CacheLimits {
 
 /// Cross-node fan-out: every frame for a user is published on one Redis channel; each node
 /// delivers it to its own connections of that user (skipping frames it published itself).
+///
+/// Publishes go through one ordered queue drained by a single task that pipelines whatever has
+/// piled up: deltas keep their order across nodes, and a burst costs one round trip. The queue is
+/// bounded; if Redis is unreachable long enough to fill it, further frames for other nodes are
+/// dropped (their clients resync with `conversation.sync`) rather than growing memory.
 pub struct RedisFanout {
     client: redis::Client,
     channel: String,
     node: String,
-    conn: redis::aio::ConnectionManager,
+    queue: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
+
+const FANOUT_QUEUE: usize = 65_536;
+const FANOUT_BATCH: usize = 256;
 
 impl Fanout for RedisFanout {
     fn publish(&self, user_id: i64, frame: Bytes) {
-        let mut payload = Vec::with_capacity(frame.len() + 64);
+        let mut payload = Vec::with_capacity(frame.len() + 48);
         payload.extend_from_slice(format!("E|{}|{}|", self.node, user_id).as_bytes());
         payload.extend_from_slice(&frame);
-        let mut conn = self.conn.clone();
-        let channel = self.channel.clone();
-        tokio::spawn(async move {
-            let r: Result<i64, _> = redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(payload)
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "fan-out publish failed");
-            }
-        });
+        self.enqueue(payload);
     }
 }
 
 impl RedisFanout {
+    fn new(
+        client: redis::Client,
+        channel: String,
+        node: String,
+        conn: redis::aio::ConnectionManager,
+    ) -> Self {
+        let (queue, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(FANOUT_QUEUE);
+        let ch = channel.clone();
+        // Not on the tracker: shutdown must not wait for this queue to be dropped. Frames queued
+        // before exit are pipelined out in the meantime.
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let mut batch = Vec::with_capacity(FANOUT_BATCH);
+            // Ends when the sender (the fan-out) is dropped; drains what is queued first.
+            while rx.recv_many(&mut batch, FANOUT_BATCH).await > 0 {
+                let mut pipe = redis::pipe();
+                for payload in batch.drain(..) {
+                    pipe.cmd("PUBLISH").arg(&ch).arg(payload).ignore();
+                }
+                let r: Result<(), _> = pipe.query_async(&mut conn).await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "fan-out publish failed");
+                }
+            }
+        });
+        RedisFanout {
+            client,
+            channel,
+            node,
+            queue,
+        }
+    }
+
+    fn enqueue(&self, payload: Vec<u8>) {
+        if self.queue.try_send(payload).is_err() {
+            tracing::warn!("fan-out queue full or closed; frame for other nodes dropped");
+        }
+    }
+
     /// Tells every node to close the user's sockets (account disabled).
     pub fn kick(&self, user_id: i64) {
-        let payload = format!("K|{}|{}|", self.node, user_id);
-        let mut conn = self.conn.clone();
-        let channel = self.channel.clone();
-        tokio::spawn(async move {
-            let _: Result<i64, _> = redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(payload)
-                .query_async(&mut conn)
-                .await;
-        });
+        self.enqueue(format!("K|{}|{}|", self.node, user_id).into_bytes());
     }
 
     /// Receives other nodes' frames until shutdown, reconnecting as needed.
@@ -429,12 +456,16 @@ pub async fn start(
         max_inflight: cfg.user_max_inflight,
     });
     let fanout = match cache {
-        Cache::Redis(r) => Some(Arc::new(RedisFanout {
-            client: r.client().clone(),
-            channel: format!("{}events", r.prefix()),
-            node: cfg.node_id.clone(),
-            conn: redis::aio::ConnectionManager::new(r.client().clone()).await?,
-        })),
+        Cache::Redis(r) => Some(Arc::new(RedisFanout::new(
+            r.client().clone(),
+            format!("{}events", r.prefix()),
+            cfg.node_id.clone(),
+            redis::aio::ConnectionManager::new_with_config(
+                r.client().clone(),
+                crate::cache::connection_manager_config(),
+            )
+            .await?,
+        ))),
         Cache::Memory(_) => None,
     };
     let fanout_port: Arc<dyn Fanout> = match &fanout {

@@ -67,8 +67,10 @@ pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMa
     };
     let snap = state.engine.snapshot();
     metrics::gauge!("questech_ws_connections").set(snap.websocket_connections as f64);
-    metrics::gauge!("questech_actors", "kind" => "user_session").set(snap.actors.user_session as f64);
-    metrics::gauge!("questech_actors", "kind" => "conversation").set(snap.actors.conversation as f64);
+    metrics::gauge!("questech_actors", "kind" => "user_session")
+        .set(snap.actors.user_session as f64);
+    metrics::gauge!("questech_actors", "kind" => "conversation")
+        .set(snap.actors.conversation as f64);
     metrics::gauge!("questech_mailbox_depth_max").set(snap.mailbox.max_depth as f64);
     metrics::counter!("questech_mailbox_rejections_total").absolute(snap.mailbox.rejected_total);
     metrics::counter!("questech_actor_restarts_total", "kind" => "user_session")
@@ -87,18 +89,27 @@ pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMa
     metrics::counter!("questech_credits_charged_total").absolute(snap.turns.credits_charged);
     for p in &snap.llm {
         let provider = p.provider.clone();
-        metrics::gauge!("questech_llm_in_flight", "provider" => provider.clone()).set(p.in_flight as f64);
+        metrics::gauge!("questech_llm_in_flight", "provider" => provider.clone())
+            .set(p.in_flight as f64);
         metrics::gauge!("questech_llm_queued", "provider" => provider.clone()).set(p.queued as f64);
-        metrics::gauge!("questech_llm_concurrency_limit", "provider" => provider.clone()).set(p.limit as f64);
+        metrics::gauge!("questech_llm_concurrency_limit", "provider" => provider.clone())
+            .set(p.limit as f64);
         metrics::counter!("questech_llm_requests_total", "provider" => provider.clone())
             .absolute(p.requests_total);
         metrics::counter!("questech_llm_failures_total", "provider" => provider.clone())
             .absolute(p.failures_total);
         let open = !matches!(p.breaker, questech_actors::pool::BreakerState::Closed);
-        metrics::gauge!("questech_llm_breaker_open", "provider" => provider).set(if open { 1.0 } else { 0.0 });
+        metrics::gauge!("questech_llm_breaker_open", "provider" => provider).set(if open {
+            1.0
+        } else {
+            0.0
+        });
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         handle.render(),
     )
         .into_response()

@@ -74,10 +74,17 @@ pub struct SendTurn {
 
 pub enum ConvMsg {
     Send(Box<SendTurn>),
-    Cancel { user_id: i64 },
-    Upstream { turn_id: i64, event: JobEvent },
+    Cancel {
+        user_id: i64,
+    },
+    Upstream {
+        turn_id: i64,
+        event: JobEvent,
+    },
     /// Drop the cached state (model or prompt changed); rebuilt on the next message.
     Reload,
+    /// End the turn in flight as failed (the server is shutting down and its grace is over).
+    Abort,
     Tick,
     /// Test hook: makes the actor panic, to prove supervision. Not reachable from the network.
     #[doc(hidden)]
@@ -120,6 +127,8 @@ struct Turn {
     cancel: CancellationToken,
     /// Stops the upstream job when the turn is dropped without an end (the actor crashed).
     _cancel_on_drop: tokio_util::sync::DropGuard,
+    /// Set by `Abort`: the cancellation ends the turn as failed, not cancelled.
+    aborted: bool,
     updates: Option<mpsc::UnboundedSender<TurnUpdate>>,
     started: Instant,
 }
@@ -149,8 +158,8 @@ impl Actor for Conversation {
         args: ConvArgs,
     ) -> Result<ConvState, ActorProcessingErr> {
         // Cheap start: the state is loaded from the database on the first message.
-        let every =
-            (args.core.cfg.actor_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let every = (args.core.cfg.actor_idle / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
         let ticker = myself.send_interval(every, || ConvMsg::Tick);
         Ok(ConvState {
             id: args.conversation_id,
@@ -209,14 +218,19 @@ impl Actor for Conversation {
                 }
             }
             ConvMsg::Upstream { turn_id, event } => state.on_upstream(turn_id, event).await,
+            ConvMsg::Abort => {
+                if let Some(t) = state.turn.as_mut() {
+                    t.aborted = true;
+                    t.cancel.cancel();
+                }
+            }
             ConvMsg::Reload => {
                 if state.turn.is_none() {
                     state.loaded = None;
                 }
             }
             ConvMsg::Tick => {
-                if state.turn.is_none()
-                    && state.last_active.elapsed() >= state.core.cfg.actor_idle
+                if state.turn.is_none() && state.last_active.elapsed() >= state.core.cfg.actor_idle
                 {
                     myself.stop(Some("idle".into()));
                 }
@@ -480,6 +494,7 @@ impl ConvState {
             usage: None,
             _cancel_on_drop: cancel.clone().drop_guard(),
             cancel,
+            aborted: false,
             updates,
             started: Instant::now(),
         });
@@ -513,6 +528,10 @@ impl ConvState {
             }
             JobEvent::Usage(u) => turn.usage = Some(u),
             JobEvent::Done(_) => self.finish("complete", None).await,
+            JobEvent::Cancelled if turn.aborted => {
+                let err = EngineError::Internal("the server is shutting down".into());
+                self.finish("failed", Some(err)).await
+            }
             JobEvent::Cancelled => self.finish("cancelled", None).await,
             JobEvent::Failed { error, .. } => self.finish("failed", Some(error)).await,
         }
@@ -524,7 +543,11 @@ impl ConvState {
         self.turn_in_flight.store(0, Ordering::Relaxed);
         let core = self.core.clone();
         let delivered = !turn.text.is_empty();
-        let completion_local = if delivered { tokens::count(&turn.text) } else { 0 };
+        let completion_local = if delivered {
+            tokens::count(&turn.text)
+        } else {
+            0
+        };
         // The provider's own count when it gave one (only meaningful for complete turns; a
         // cancelled or broken stream is billed for what was delivered).
         let (prompt, completion) = match (status, turn.usage) {
@@ -546,7 +569,11 @@ impl ConvState {
             status: status.into(),
             model: turn.model.id.clone(),
             usage: MsgUsage {
-                prompt_tokens: if delivered || status == "complete" { prompt as i64 } else { 0 },
+                prompt_tokens: if delivered || status == "complete" {
+                    prompt as i64
+                } else {
+                    0
+                },
                 completion_tokens: completion as i64,
             },
             credits_charged: 0,

@@ -18,8 +18,8 @@ use crate::events::{ErrorBody, Frame};
 use crate::metrics::{
     ActorCounts, EngineSnapshot, MailboxState, MailboxTop, Metrics, RateMeter, Restarts, Turns,
 };
-use crate::ports::{Fanout, Limits, Store};
 use crate::pool::PoolHandle;
+use crate::ports::{Fanout, Limits, Store};
 use crate::registry::{Entry, Kind, Registry};
 use crate::user_session::{UserArgs, UserMsg, UserSession};
 
@@ -144,7 +144,9 @@ impl Engine {
         for _ in 0..3 {
             let entry = self.conversation(conv_id).await?;
             if entry.depth() >= self.cfg.mailbox_limit {
-                self.metrics.mailbox_rejections.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .mailbox_rejections
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(EngineError::Overloaded { retry_after: 1 });
             }
             match entry.send(msg) {
@@ -158,7 +160,9 @@ impl Engine {
                 }
             }
         }
-        Err(EngineError::Internal("conversation actor unavailable".into()))
+        Err(EngineError::Internal(
+            "conversation actor unavailable".into(),
+        ))
     }
 
     /// Sends to a user session actor, restarting it if it just stopped.
@@ -167,7 +171,9 @@ impl Engine {
         for _ in 0..3 {
             let entry = self.user(user_id).await?;
             if entry.depth() >= self.cfg.mailbox_limit {
-                self.metrics.mailbox_rejections.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .mailbox_rejections
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(EngineError::Overloaded { retry_after: 1 });
             }
             match entry.send(msg) {
@@ -242,6 +248,13 @@ impl Engine {
     pub fn stop_conversation(&self, conv_id: i64) {
         if let Some((_, e)) = self.registry.conversations.remove(&conv_id) {
             e.actor.stop(Some("deleted".into()));
+        }
+    }
+
+    /// Ends every turn in flight on this node as failed (shutdown, after the grace period).
+    pub fn abort_all_turns(&self) {
+        for e in self.registry.conversations.iter() {
+            let _ = e.send(ConvMsg::Abort);
         }
     }
 
@@ -522,7 +535,10 @@ impl Actor for Supervisor {
                 let hist = state.failures.entry((kind, id)).or_default();
                 let now = Instant::now();
                 hist.push_back(now);
-                while hist.front().is_some_and(|t| now.duration_since(*t) > window) {
+                while hist
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > window)
+                {
                     hist.pop_front();
                 }
                 if hist.len() > max {

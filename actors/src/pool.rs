@@ -70,7 +70,10 @@ pub enum JobEvent {
     /// The job was cancelled by its owner; deltas already sent stand.
     Cancelled,
     /// The job failed; `delivered` tells whether any content had been sent.
-    Failed { error: EngineError, delivered: bool },
+    Failed {
+        error: EngineError,
+        delivered: bool,
+    },
 }
 
 pub type Sink = Arc<dyn Fn(JobEvent) + Send + Sync>;
@@ -484,7 +487,9 @@ fn classify(slot: &Slot, e: ProviderError) -> Attempt {
 }
 
 async fn attempt_once(slot: &Slot, route: &Route, job: &Job, deadline: Instant) -> Attempt {
-    let first_deadline = (Instant::now() + slot.cfg.first_token_timeout).min(deadline);
+    let t0 = Instant::now();
+    let provider = slot.provider.name().to_owned();
+    let first_deadline = (t0 + slot.cfg.first_token_timeout).min(deadline);
     let open = slot.provider.stream(route.request.clone());
     let mut stream = tokio::select! {
         r = open => match r {
@@ -522,6 +527,8 @@ async fn attempt_once(slot: &Slot, route: &Route, job: &Job, deadline: Instant) 
                 if !delivered {
                     delivered = true;
                     slot.record(true);
+                    metrics::histogram!("questech_llm_time_to_first_token_seconds", "provider" => provider.clone())
+                        .record(t0.elapsed().as_secs_f64());
                 }
                 (job.sink)(JobEvent::Delta(d));
             }
@@ -530,6 +537,8 @@ async fn attempt_once(slot: &Slot, route: &Route, job: &Job, deadline: Instant) 
                 if !delivered {
                     slot.record(true);
                 }
+                metrics::histogram!("questech_llm_request_duration_seconds", "provider" => provider.clone())
+                    .record(t0.elapsed().as_secs_f64());
                 (job.sink)(JobEvent::Done(reason));
                 return Attempt::Finished;
             }

@@ -32,7 +32,12 @@ impl ModelInfo {
             + (completion_tokens as f64) * self.completion_per_1k / 1000.0;
         // Guard against float noise such as 2.0000000000000004 → 3.
         let variable = ((variable * 1e9).round() / 1e9).ceil().max(0.0) as i64;
-        variable + if with_per_request { self.per_request } else { 0 }
+        variable
+            + if with_per_request {
+                self.per_request
+            } else {
+                0
+            }
     }
 }
 

@@ -23,8 +23,13 @@ pub struct Connection {
 }
 
 pub enum UserMsg {
-    Attach { conn_id: u64, conn: Connection },
-    Detach { conn_id: u64 },
+    Attach {
+        conn_id: u64,
+        conn: Connection,
+    },
+    Detach {
+        conn_id: u64,
+    },
     /// A frame for every device of the user on this node.
     Deliver(Bytes),
     /// A chat turn to admit and route.
@@ -64,7 +69,8 @@ impl Actor for UserSession {
         myself: ActorRef<UserMsg>,
         args: UserArgs,
     ) -> Result<UserState, ActorProcessingErr> {
-        let every = (args.core.cfg.actor_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let every = (args.core.cfg.actor_idle / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
         let ticker = myself.send_interval(every, || UserMsg::Tick);
         Ok(UserState {
             user_id: args.user_id,
@@ -105,17 +111,19 @@ impl Actor for UserSession {
                 state.conns.remove(&conn_id);
             }
             UserMsg::Deliver(bytes) => {
-                state.conns.retain(|_, c| match c.tx.try_send(bytes.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // Too slow to read: disconnect rather than grow memory. The client
-                        // reconnects and syncs what it missed.
-                        tracing::warn!("websocket client too slow; disconnecting");
-                        c.close.cancel();
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                });
+                state
+                    .conns
+                    .retain(|_, c| match c.tx.try_send(bytes.clone()) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // Too slow to read: disconnect rather than grow memory. The client
+                            // reconnects and syncs what it missed.
+                            tracing::warn!("websocket client too slow; disconnecting");
+                            c.close.cancel();
+                            false
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    });
             }
             UserMsg::Chat {
                 conversation_id,
@@ -123,7 +131,12 @@ impl Actor for UserSession {
             } => {
                 let engine = Engine(state.core.clone());
                 // Per-user limits (shared across nodes) before anything else.
-                if let Err(e) = state.core.limits.acquire(state.user_id, send.unlimited).await {
+                if let Err(e) = state
+                    .core
+                    .limits
+                    .acquire(state.user_id, send.unlimited)
+                    .await
+                {
                     let _ = send.ack.send(Err(e));
                     return Ok(());
                 }
@@ -146,7 +159,8 @@ impl Actor for UserSession {
             }
             UserMsg::Tick => {
                 state.conns.retain(|_, c| !c.tx.is_closed());
-                if state.conns.is_empty() && state.last_active.elapsed() >= state.core.cfg.actor_idle
+                if state.conns.is_empty()
+                    && state.last_active.elapsed() >= state.core.cfg.actor_idle
                 {
                     myself.stop(Some("idle".into()));
                 }
