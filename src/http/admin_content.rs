@@ -1,9 +1,384 @@
-//! Routes of this area (being built).
+//! Admin content (SPEC §11): CRUD for agents and articles, and replacing the app config.
+//! Every route needs role `admin` (`forbidden` otherwise).
 
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::{Json, PageQuery, Path, Query};
+use crate::auth::AuthUser;
+use crate::error::{Error, Result};
 use crate::state::AppState;
+use crate::storage::agents::{self, AdminAgentView, AgentRow};
+use crate::storage::articles::{self, AdminArticleView, ArticleRow};
+use crate::storage::{app_config, Paged};
+use crate::time::now_ms;
+
+/// Largest app config accepted by `PUT /admin/config/app` (the raw body).
+pub const APP_CONFIG_MAX_BYTES: usize = 64 * 1024;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(list_agents, create_agent))
+        .routes(routes!(get_agent, patch_agent, delete_agent))
+        .routes(routes!(list_articles, create_article))
+        .routes(routes!(get_article, patch_article, delete_article))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(put_app_config))
+                .layer(DefaultBodyLimit::max(APP_CONFIG_MAX_BYTES)),
+        )
+}
+
+/// The caller, who must be an admin: `unauthorized` without a valid token, `forbidden` for any
+/// other role. A parts extractor, so it answers before the body is even read.
+pub struct Admin(pub AuthUser);
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        user.require_admin()?;
+        Ok(Admin(user))
+    }
+}
+
+// ---- validation -------------------------------------------------------------------------------
+
+fn check_text(field: &str, v: &str, min: usize, max: usize) -> Result<()> {
+    let n = v.chars().count();
+    if n < min || n > max {
+        return Err(Error::invalid(
+            field,
+            &format!("must be {min} to {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A one-line label: no control characters.
+fn check_label(field: &str, v: &str, min: usize, max: usize) -> Result<()> {
+    check_text(field, v, min, max)?;
+    if v.chars().any(char::is_control) || (min > 0 && v.trim().is_empty()) {
+        return Err(Error::invalid(
+            field,
+            "must not be blank or contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Empty, an http(s) URL, or a `/static/` path; at most 1024 characters.
+pub fn check_url(field: &str, u: &str) -> Result<()> {
+    let ok = u.is_empty()
+        || (u.len() <= 1024
+            && ((u.starts_with("/static/")
+                && !u.contains("..")
+                && !u.chars().any(char::is_control))
+                || url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"))));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            "must be an http(s) URL or a /static/ path of at most 1024 characters",
+        ))
+    }
+}
+
+fn parse_id(id: &str, what: &str) -> Result<i64> {
+    crate::ids::parse(id).ok_or_else(|| Error::NotFound(format!("{what} not found")))
+}
+
+// ---- agents -----------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+struct AgentBody {
+    /// 1 to 128 characters (required on create).
+    name: Option<String>,
+    description: Option<String>,
+    /// An http(s) URL or a `/static/` path.
+    avatar_url: Option<String>,
+    /// A model id (required on create).
+    model: Option<String>,
+    /// 0 to 2.
+    temperature: Option<f64>,
+    system_prompt: Option<String>,
+    published: Option<bool>,
+}
+
+/// Applies a (partial) body onto a row, validating every field it sets.
+async fn apply_agent(state: &AppState, row: &mut AgentRow, b: AgentBody) -> Result<()> {
+    if let Some(n) = b.name {
+        let n = n.trim().to_owned();
+        check_label("name", &n, 1, 128)?;
+        row.name = n;
+    }
+    if let Some(d) = b.description {
+        check_text("description", &d, 0, 4000)?;
+        row.description = d;
+    }
+    if let Some(a) = b.avatar_url {
+        check_url("avatar_url", &a)?;
+        row.avatar_url = a;
+    }
+    if let Some(m) = b.model {
+        if m.is_empty() || m.len() > 64 || state.models.get(&m).await?.is_none() {
+            return Err(Error::invalid(
+                "model",
+                "must be the id of an existing model",
+            ));
+        }
+        row.model = m;
+    }
+    if let Some(t) = b.temperature {
+        if !t.is_finite() || !(0.0..=2.0).contains(&t) {
+            return Err(Error::invalid("temperature", "must be between 0 and 2"));
+        }
+        row.temperature = t;
+    }
+    if let Some(s) = b.system_prompt {
+        check_text("system_prompt", &s, 0, 100_000)?;
+        row.system_prompt = s;
+    }
+    if let Some(p) = b.published {
+        row.published = i64::from(p);
+    }
+    Ok(())
+}
+
+async fn load_agent(state: &AppState, id: &str) -> Result<AgentRow> {
+    agents::get(&state.db, parse_id(id, "agent")?)
+        .await?
+        .ok_or_else(|| Error::NotFound("agent not found".into()))
+}
+
+#[utoipa::path(get, path = "/agents", tag = "admin", params(PageQuery), responses((status = 200, description = "every agent: {items, page, page_size, total}", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn list_agents(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paged<AdminAgentView>>> {
+    let page = q.page();
+    let (rows, total) = agents::list(&state.db, false, page).await?;
+    let items = rows.iter().map(AgentRow::admin_view).collect();
+    Ok(Json(Paged::new(items, page, total)))
+}
+
+#[utoipa::path(post, path = "/agents", tag = "admin", request_body = AgentBody, responses((status = 201, description = "created", body = AdminAgentView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn create_agent(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(body): Json<AgentBody>,
+) -> Result<impl IntoResponse> {
+    if body.name.is_none() {
+        return Err(Error::invalid("name", "required"));
+    }
+    if body.model.is_none() {
+        return Err(Error::invalid("model", "required"));
+    }
+    let now = now_ms();
+    let mut row = AgentRow {
+        id: crate::ids::next_id(),
+        name: String::new(),
+        description: String::new(),
+        avatar_url: String::new(),
+        model: String::new(),
+        temperature: 1.0,
+        system_prompt: String::new(),
+        published: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    apply_agent(&state, &mut row, body).await?;
+    agents::insert(&state.db, &row).await?;
+    Ok((StatusCode::CREATED, Json(row.admin_view())))
+}
+
+#[utoipa::path(get, path = "/agents/{id}", tag = "admin", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "the agent", body = AdminAgentView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn get_agent(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<AdminAgentView>> {
+    Ok(Json(load_agent(&state, &id).await?.admin_view()))
+}
+
+#[utoipa::path(patch, path = "/agents/{id}", tag = "admin", params(("id" = String, Path, description = "agent id")), request_body = AgentBody, responses((status = 200, description = "the updated agent", body = AdminAgentView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn patch_agent(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    Json(body): Json<AgentBody>,
+) -> Result<Json<AdminAgentView>> {
+    let mut row = load_agent(&state, &id).await?;
+    apply_agent(&state, &mut row, body).await?;
+    row.updated_at = now_ms();
+    agents::update(&state.db, &row).await?;
+    Ok(Json(load_agent(&state, &id).await?.admin_view()))
+}
+
+#[utoipa::path(delete, path = "/agents/{id}", tag = "admin", params(("id" = String, Path, description = "agent id")), responses((status = 204, description = "deleted"), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn delete_agent(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    if !agents::delete(&state.db, parse_id(&id, "agent")?).await? {
+        return Err(Error::NotFound("agent not found".into()));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- articles ---------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+struct ArticleBody {
+    /// 1 to 255 characters (required on create).
+    title: Option<String>,
+    summary: Option<String>,
+    body: Option<String>,
+    category: Option<String>,
+    /// An http(s) URL or a `/static/` path.
+    cover_url: Option<String>,
+    /// Publishing for the first time sets `published_at`; it is kept from then on.
+    published: Option<bool>,
+}
+
+fn apply_article(row: &mut ArticleRow, b: ArticleBody, now: i64) -> Result<()> {
+    if let Some(t) = b.title {
+        let t = t.trim().to_owned();
+        check_label("title", &t, 1, 255)?;
+        row.title = t;
+    }
+    if let Some(s) = b.summary {
+        check_text("summary", &s, 0, 4000)?;
+        row.summary = s;
+    }
+    if let Some(x) = b.body {
+        check_text("body", &x, 0, 200_000)?;
+        row.body = x;
+    }
+    if let Some(c) = b.category {
+        let c = c.trim().to_owned();
+        check_label("category", &c, 0, 64)?;
+        row.category = c;
+    }
+    if let Some(u) = b.cover_url {
+        check_url("cover_url", &u)?;
+        row.cover_url = u;
+    }
+    if let Some(p) = b.published {
+        row.published = i64::from(p);
+        if p && row.published_at.is_none() {
+            row.published_at = Some(now);
+        }
+    }
+    Ok(())
+}
+
+async fn load_article(state: &AppState, id: &str) -> Result<ArticleRow> {
+    articles::get(&state.db, parse_id(id, "article")?)
+        .await?
+        .ok_or_else(|| Error::NotFound("article not found".into()))
+}
+
+#[utoipa::path(get, path = "/articles", tag = "admin", params(PageQuery), responses((status = 200, description = "every article, newest first: {items, page, page_size, total}", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn list_articles(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paged<AdminArticleView>>> {
+    let page = q.page();
+    let (rows, total) = articles::list_all(&state.db, page).await?;
+    let items = rows.iter().map(ArticleRow::admin_view).collect();
+    Ok(Json(Paged::new(items, page, total)))
+}
+
+#[utoipa::path(post, path = "/articles", tag = "admin", request_body = ArticleBody, responses((status = 201, description = "created", body = AdminArticleView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn create_article(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(body): Json<ArticleBody>,
+) -> Result<impl IntoResponse> {
+    if body.title.is_none() {
+        return Err(Error::invalid("title", "required"));
+    }
+    let now = now_ms();
+    let mut row = ArticleRow {
+        id: crate::ids::next_id(),
+        title: String::new(),
+        summary: String::new(),
+        body: String::new(),
+        category: String::new(),
+        cover_url: String::new(),
+        published: 0,
+        published_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    apply_article(&mut row, body, now)?;
+    articles::insert(&state.db, &row).await?;
+    Ok((StatusCode::CREATED, Json(row.admin_view())))
+}
+
+#[utoipa::path(get, path = "/articles/{id}", tag = "admin", params(("id" = String, Path, description = "article id")), responses((status = 200, description = "the article", body = AdminArticleView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn get_article(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<AdminArticleView>> {
+    Ok(Json(load_article(&state, &id).await?.admin_view()))
+}
+
+#[utoipa::path(patch, path = "/articles/{id}", tag = "admin", params(("id" = String, Path, description = "article id")), request_body = ArticleBody, responses((status = 200, description = "the updated article", body = AdminArticleView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn patch_article(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    Json(body): Json<ArticleBody>,
+) -> Result<Json<AdminArticleView>> {
+    let mut row = load_article(&state, &id).await?;
+    let now = now_ms();
+    apply_article(&mut row, body, now)?;
+    row.updated_at = now;
+    articles::update(&state.db, &row).await?;
+    Ok(Json(load_article(&state, &id).await?.admin_view()))
+}
+
+#[utoipa::path(delete, path = "/articles/{id}", tag = "admin", params(("id" = String, Path, description = "article id")), responses((status = 204, description = "deleted"), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn delete_article(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    if !articles::delete(&state.db, parse_id(&id, "article")?).await? {
+        return Err(Error::NotFound("article not found".into()));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- app config -------------------------------------------------------------------------------
+
+#[utoipa::path(put, path = "/config/app", tag = "admin", request_body(content = Object, description = "the whole app config: a JSON object of at most 64 KiB"), responses((status = 200, description = "the stored config", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn put_app_config(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Json<serde_json::Value>> {
+    if !body.is_object() {
+        return Err(Error::invalid("body", "must be a JSON object"));
+    }
+    let text = serde_json::to_string(&body).map_err(Error::internal)?;
+    app_config::put(&state.db, &text).await?;
+    // Every node reads through the shared cache: dropping the key publishes the change.
+    state.cache.del(super::content::APP_CONFIG_KEY).await?;
+    Ok(Json(body))
 }

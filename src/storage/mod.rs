@@ -7,6 +7,8 @@
 
 pub mod agents;
 pub mod api_keys;
+pub mod app_config;
+pub mod articles;
 pub mod chat;
 pub mod ledger;
 pub mod models;
