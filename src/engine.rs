@@ -360,6 +360,12 @@ impl RedisFanout {
         }
     }
 
+    /// Tells every node to cancel the user's turn in a conversation (the turn runs on whichever
+    /// node took the conversation's turn lock).
+    pub fn cancel(&self, user_id: i64, conversation_id: i64) {
+        self.enqueue(format!("C|{}|{}|{}", self.node, user_id, conversation_id).into_bytes());
+    }
+
     /// Tells every node to close the user's sockets (account disabled).
     pub fn kick(&self, user_id: i64) {
         self.enqueue(format!("K|{}|{}|", self.node, user_id).into_bytes());
@@ -414,6 +420,15 @@ impl RedisFanout {
         match kind {
             b"E" => engine.deliver_local(user_id, Bytes::copy_from_slice(rest)),
             b"K" => engine.kick_local(user_id),
+            b"C" => {
+                // A device on another node cancelled a turn that may be running here.
+                if let Some(conv) = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                {
+                    engine.cancel_local(user_id, conv);
+                }
+            }
             _ => {}
         }
     }

@@ -244,6 +244,13 @@ impl Engine {
         }
     }
 
+    /// Cancels the user's turn in a conversation if it runs on this node.
+    pub fn cancel_local(&self, user_id: i64, conv_id: i64) {
+        if let Some(e) = self.registry.conversation(conv_id) {
+            let _ = e.send(ConvMsg::Cancel { user_id });
+        }
+    }
+
     /// Stops a conversation's actor (conversation deleted).
     pub fn stop_conversation(&self, conv_id: i64) {
         if let Some((_, e)) = self.registry.conversations.remove(&conv_id) {

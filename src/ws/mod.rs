@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::http::chat::{parse_id, validate_send};
 use crate::state::AppState;
 use crate::storage;
-use questech_actors::conversation::{Ack, ConvMsg};
+use questech_actors::conversation::Ack;
 use questech_actors::engine::SendTurnRequest;
 use questech_actors::events::{ErrorBody, Frame};
 use questech_actors::user_session::{Connection, UserMsg};
@@ -294,10 +294,9 @@ async fn handle_frame(
             let Ok(conv) = parse_id(&conversation_id) else {
                 return Some(protocol_error("not_found", "conversation not found"));
             };
-            if let Some(e) = state.engine.registry.conversation(conv) {
-                let _ = e.send(ConvMsg::Cancel {
-                    user_id: user.user_id,
-                });
+            state.engine.cancel_local(user.user_id, conv);
+            if let Some(f) = &state.fanout {
+                f.cancel(user.user_id, conv);
             }
             None
         }

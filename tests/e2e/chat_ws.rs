@@ -539,6 +539,28 @@ both!(ws_credits_updated_on_admin_grant, |app| async move {
 mod two_nodes {
     use super::*;
 
+    mysql_only!(cancel_from_another_node, env = [("ECHO_DELAY_MS", "150")], |app| async move {
+        let node_b = app.spawn_node(&[]).await;
+        let name = uname("xcancel");
+        let u = app.register(&name).await;
+        let device_b = node_b.login(&name, PASSWORD).await;
+        let conv = conv_id(&app, &u.access, "echo").await;
+        let mut on_a = Ws::connect(&app, &u.access).await;
+        let mut on_b = Ws::connect(&node_b, &device_b.access).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let long = vec!["word"; 60].join(" ");
+        on_a.chat(&conv, "x-1", &long).await;
+        // The turn runs on node A; node B sees it and cancels it.
+        on_b.until_type("chat.delta").await;
+        on_b.send(json!({"type": "chat.cancel", "conversation_id": conv}))
+            .await;
+        let (_, done) = on_a.until_type("chat.done").await;
+        assert_eq!(done["message"]["status"], "cancelled", "{done}");
+        let text = done["message"]["content"].as_str().unwrap();
+        assert!(text.len() < "Echo: ".len() + long.len(), "partial: {text}");
+        assert_credit_invariants(&app, u.uid()).await;
+    });
+
     mysql_only!(socket_on_b_sees_turn_on_a, |app| async move {
         let node_b = app.spawn_node(&[]).await;
         let name = uname("nodes");
