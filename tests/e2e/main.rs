@@ -28,6 +28,7 @@ mod content;
 mod credits;
 mod errors;
 mod health;
+mod ops;
 mod shutdown;
 mod sms;
 mod supervision;
