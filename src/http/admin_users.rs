@@ -110,6 +110,9 @@ async fn patch_user(
 async fn sign_out_everywhere(state: &AppState, user_id: i64) -> Result<()> {
     let sids = sessions::revoke_all(&state.db, user_id).await?;
     auth::revoke_sessions(state, &sids).await?;
+    // API keys stay valid but their cached look-ups (owner, role, disabled) are dropped, so a
+    // disabled owner's keys are refused on the very next request.
+    crate::http::api_keys::forget_user_keys(state, user_id).await?;
     state.engine.kick_local(user_id);
     if let Some(fanout) = &state.fanout {
         fanout.kick(user_id);

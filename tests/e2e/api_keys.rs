@@ -233,6 +233,27 @@ both!(disabled_owner_key_is_refused, |app| async move {
     assert_unauthorized(s, &h, &b);
 });
 
+both!(admin_disable_refuses_cached_key_at_once, |app| async move {
+    let u = app.register(&uname("keyad")).await;
+    let (_, key, _) = create_key(&app, &u.access, "d").await;
+    // Used once: the key's look-up is now cached.
+    let (s, _, b) = app.get("/v1/models", Some(&key)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let boss = uname("keyboss");
+    app.register(&boss).await;
+    let admin = app.make_admin(&boss).await;
+    let (s, _, b) = app
+        .patch(
+            &format!("/admin/users/{}", u.id),
+            Some(&admin.access),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, h, b) = app.get("/v1/models", Some(&key)).await;
+    assert_unauthorized(s, &h, &b);
+});
+
 both!(usage_history_lists_v1_calls, |app| async move {
     let u = app.register(&uname("usage")).await;
     let (key_id, key, _) = create_key(&app, &u.access, "u").await;
