@@ -72,6 +72,8 @@ pub struct SendTurn {
     pub updates: Option<mpsc::UnboundedSender<TurnUpdate>>,
 }
 
+// `Poison` is hidden, not a marker of non-exhaustiveness.
+#[allow(clippy::manual_non_exhaustive)]
 pub enum ConvMsg {
     Send(Box<SendTurn>),
     Cancel {

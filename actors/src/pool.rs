@@ -237,13 +237,13 @@ impl PoolHandle {
 
     /// Hands a job to the pool. Its outcome arrives through the job's sink.
     pub fn submit(&self, job: Job) {
-        if let Err(e) = self.actor.cast(PoolMsg::Submit(job)) {
-            if let ractor::MessagingErr::SendErr(PoolMsg::Submit(job)) = e {
-                (job.sink)(JobEvent::Failed {
-                    error: EngineError::Internal("model pool stopped".into()),
-                    delivered: false,
-                });
-            }
+        if let Err(ractor::MessagingErr::SendErr(PoolMsg::Submit(job))) =
+            self.actor.cast(PoolMsg::Submit(job))
+        {
+            (job.sink)(JobEvent::Failed {
+                error: EngineError::Internal("model pool stopped".into()),
+                delivered: false,
+            });
         }
     }
 }

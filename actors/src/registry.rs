@@ -92,7 +92,7 @@ impl Registry {
                     .map(|e| (Kind::Conversation, *e.key(), e.depth())),
             )
             .collect();
-        all.sort_by(|a, b| b.2.cmp(&a.2));
+        all.sort_by_key(|x| std::cmp::Reverse(x.2));
         let max = all.first().map(|x| x.2).unwrap_or(0);
         all.truncate(top);
         (max, all)

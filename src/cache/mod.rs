@@ -21,6 +21,8 @@ pub type CacheResult<T> = Result<T, CacheError>;
 
 /// The cache interface. An enum rather than a trait object: two known backends, no boxing of
 /// futures on the hot path.
+// One per process, passed by reference: the size of the Redis variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Cache {
     Memory(MemoryCache),

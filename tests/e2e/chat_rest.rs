@@ -123,7 +123,7 @@ both!(conversations_crud, |app| async move {
         (json!(3), json!(2))
     );
     let (ids, b) = list_ids(&app, a, "?page=2&page_size=2").await;
-    assert_eq!(ids, [id3.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&id3));
     assert_eq!(b["page"], 2);
     let (ids, b) = list_ids(&app, a, "?page=3&page_size=2").await;
     assert!(ids.is_empty());
