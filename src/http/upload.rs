@@ -8,6 +8,7 @@
 //! exact shape from the upload folder, so no path can reach anything else.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
@@ -150,15 +151,29 @@ async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max.saturating_add(MULTIPART_OVERHEAD)) {
-        return Err(too_large(max));
-    }
     let mut multipart = multipart.map_err(|e| {
         Error::invalid(
             "file",
             &format!("expected multipart/form-data: {}", e.body_text()),
         )
     })?;
+    if let Some(n) = declared.filter(|n| *n > max.saturating_add(MULTIPART_OVERHEAD)) {
+        // Refused from its declared length; a body of reasonable size is read past first so
+        // that the client, still sending, gets to see the answer.
+        if n <= DRAIN_MAX_BYTES {
+            drain(&mut multipart).await;
+        }
+        return Err(too_large(max));
+    }
+    let result = receive(&state, &mut multipart, max).await;
+    if result.is_err() {
+        drain(&mut multipart).await;
+    }
+    Ok((StatusCode::CREATED, Json(result?)).into_response())
+}
+
+/// Reads the form up to its `file` field and stores that.
+async fn receive(state: &AppState, multipart: &mut Multipart, max: u64) -> Result<Uploaded> {
     let mut other_bytes: u64 = 0;
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         if field.name() != Some("file") {
@@ -171,13 +186,33 @@ async fn upload(
             }
             continue;
         }
-        let stored = store(&state, &mut field, max).await?;
-        return Ok((StatusCode::CREATED, Json(stored)).into_response());
+        return store(state, &mut field, max).await;
     }
     Err(Error::invalid(
         "file",
         "required (a multipart field named `file`)",
     ))
+}
+
+/// Most of a refused request body read (and dropped) before answering: an HTTP client that is
+/// still sending when the server answers and closes often sees a reset instead of the answer.
+/// Anything larger, slower, or malformed is cut off.
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
+async fn drain(multipart: &mut Multipart) {
+    let read = async {
+        let mut n: u64 = 0;
+        while let Ok(Some(mut field)) = multipart.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                n += chunk.len() as u64;
+                if n > DRAIN_MAX_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, read).await;
 }
 
 fn too_large(max: u64) -> Error {
