@@ -9,11 +9,8 @@
 //! QT_BENCH_REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench hot_path -- cache/redis
 //! ```
 //!
-//! Two pieces are not public and are mirrored here, with the same code shape:
-//! - the WebSocket client frame (`ws::ClientFrame`, private to the server's `ws` module);
-//! - the context trimming of `conversation.rs` (inside the actor's `start_turn`): the same
-//!   count-then-take-newest-that-fit loop over the same `(ChatMessage, tokens)` history, using
-//!   the public `tokens::count`.
+//! The WebSocket client frame is `questech::ws::ClientFrame` and the context trimming is
+//! `questech_actors::conversation::build_context`: the code the server runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -32,7 +29,6 @@ use questech_actors::llm::ChatMessage;
 use questech_actors::tokens;
 use questech_actors::user_session::{Connection, UserMsg};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -48,29 +44,6 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 // ---- frames -------------------------------------------------------------------------------------
-
-/// Mirror of the server's private `ws::ClientFrame` (same serde shape).
-#[derive(Deserialize)]
-#[serde(tag = "type")]
-#[allow(dead_code)]
-enum ClientFrame {
-    #[serde(rename = "chat.send")]
-    Send {
-        id: Option<String>,
-        conversation_id: String,
-        content: String,
-        model: Option<String>,
-    },
-    #[serde(rename = "chat.cancel")]
-    Cancel { conversation_id: String },
-    #[serde(rename = "conversation.sync")]
-    Sync {
-        conversation_id: String,
-        after_seq: Option<i64>,
-    },
-    #[serde(rename = "ping")]
-    Ping,
-}
 
 fn message(content: &str) -> StoredMessage {
     StoredMessage {
@@ -99,7 +72,7 @@ fn frames(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(send.len() as u64));
     g.bench_function("client_chat_send_parse", |b| {
         b.iter(|| {
-            let f: ClientFrame = serde_json::from_str(black_box(&send)).unwrap();
+            let f: questech::ws::ClientFrame = serde_json::from_str(black_box(&send)).unwrap();
             black_box(f)
         })
     });
@@ -326,41 +299,7 @@ fn token_counting(c: &mut Criterion) {
     g.finish();
 }
 
-/// The conversation actor's context step, as in `conversation.rs`: count the new message (and
-/// the system prompt), take the newest turns of the history that fit the budget, build the
-/// messages.
-fn trim(
-    history: &VecDeque<(ChatMessage, u64)>,
-    system_prompt: Option<&str>,
-    content: &str,
-    budget: u64,
-) -> (Vec<ChatMessage>, u64) {
-    let new_tokens = tokens::count(content) + 4;
-    let mut messages: Vec<ChatMessage> = Vec::new();
-    let mut used = new_tokens + 3;
-    if let Some(sp) = system_prompt.filter(|s| !s.is_empty()) {
-        used += tokens::count(sp) + 4;
-        messages.push(ChatMessage {
-            role: "system".into(),
-            content: sp.to_owned(),
-        });
-    }
-    let mut take = 0;
-    for (_, t) in history.iter().rev() {
-        if used + t > budget {
-            break;
-        }
-        used += t;
-        take += 1;
-    }
-    let skip = history.len() - take;
-    messages.extend(history.iter().skip(skip).map(|(m, _)| m.clone()));
-    messages.push(ChatMessage {
-        role: "user".into(),
-        content: content.to_owned(),
-    });
-    (messages, used)
-}
+use questech_actors::conversation::build_context as trim;
 
 fn context(c: &mut Criterion) {
     tokens::warm_up();

@@ -77,13 +77,12 @@ impl ModelCache {
 
     pub async fn all(&self) -> Result<Vec<storage::models::ModelRow>, Error> {
         if let Some(json) = self.cache.get(MODELS_KEY).await? {
-            if let Ok(rows) = serde_json::from_str::<Vec<CachedModel>>(&json) {
-                return Ok(rows.into_iter().map(Into::into).collect());
+            if let Ok(rows) = serde_json::from_str::<Vec<storage::models::ModelRow>>(&json) {
+                return Ok(rows);
             }
         }
         let rows = storage::models::list(&self.db).await?;
-        let cached: Vec<CachedModel> = rows.iter().cloned().map(Into::into).collect();
-        if let Ok(json) = serde_json::to_string(&cached) {
+        if let Ok(json) = serde_json::to_string(&rows) {
             self.cache
                 .set(MODELS_KEY, &json, Some(Duration::from_secs(300)))
                 .await?;
@@ -98,67 +97,6 @@ impl ModelCache {
     pub async fn invalidate(&self) -> Result<(), Error> {
         self.cache.del(MODELS_KEY).await?;
         Ok(())
-    }
-}
-
-/// `ModelRow` as kept in the cache.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CachedModel {
-    id: String,
-    provider: String,
-    upstream_model: Option<String>,
-    display_name: String,
-    context_window: i64,
-    max_output_tokens: i64,
-    prompt_per_1k: f64,
-    completion_per_1k: f64,
-    per_request: i64,
-    fallbacks: String,
-    enabled: i64,
-    sort_order: i64,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl From<storage::models::ModelRow> for CachedModel {
-    fn from(m: storage::models::ModelRow) -> Self {
-        CachedModel {
-            id: m.id,
-            provider: m.provider,
-            upstream_model: m.upstream_model,
-            display_name: m.display_name,
-            context_window: m.context_window,
-            max_output_tokens: m.max_output_tokens,
-            prompt_per_1k: m.prompt_per_1k,
-            completion_per_1k: m.completion_per_1k,
-            per_request: m.per_request,
-            fallbacks: m.fallbacks,
-            enabled: m.enabled,
-            sort_order: m.sort_order,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-        }
-    }
-}
-
-impl From<CachedModel> for storage::models::ModelRow {
-    fn from(m: CachedModel) -> Self {
-        storage::models::ModelRow {
-            id: m.id,
-            provider: m.provider,
-            upstream_model: m.upstream_model,
-            display_name: m.display_name,
-            context_window: m.context_window,
-            max_output_tokens: m.max_output_tokens,
-            prompt_per_1k: m.prompt_per_1k,
-            completion_per_1k: m.completion_per_1k,
-            per_request: m.per_request,
-            fallbacks: m.fallbacks,
-            enabled: m.enabled,
-            sort_order: m.sort_order,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-        }
     }
 }
 

@@ -295,12 +295,10 @@ impl ConvState {
         match self.start_turn(myself, send).await {
             Ok(()) => {}
             Err((e, ack)) => {
+                // The turn never started: give back its in-flight slot *before* answering, so
+                // a client that retries at once finds it free.
+                self.core.limits.release(user_id, unlimited).await;
                 let _ = ack.send(Err(e));
-                // The turn never started: give back its in-flight slot.
-                let core = self.core.clone();
-                core.tracker
-                    .clone()
-                    .spawn(async move { core.limits.release(user_id, unlimited).await });
             }
         }
     }
@@ -347,30 +345,12 @@ impl ConvState {
             .context_window
             .saturating_sub(model.max_output_tokens)
             .max(1);
-        let new_tokens = tokens::count(&content) + 4;
-        let mut messages: Vec<ChatMessage> = Vec::new();
-        let mut used = new_tokens + 3;
-        if let Some(sp) = loaded.system_prompt.as_ref().filter(|s| !s.is_empty()) {
-            used += tokens::count(sp) + 4;
-            messages.push(ChatMessage {
-                role: "system".into(),
-                content: sp.clone(),
-            });
-        }
-        let mut take = 0;
-        for (_, t) in loaded.history.iter().rev() {
-            if used + t > budget {
-                break;
-            }
-            used += t;
-            take += 1;
-        }
-        let skip = loaded.history.len() - take;
-        messages.extend(loaded.history.iter().skip(skip).map(|(m, _)| m.clone()));
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content: content.clone(),
-        });
+        let (messages, used) = build_context(
+            &loaded.history,
+            loaded.system_prompt.as_deref(),
+            &content,
+            budget,
+        );
         let prompt_tokens = used;
         let reserve = model.cost(prompt_tokens, model.max_output_tokens, true);
         let turn_id = crate::ids::next_id();
@@ -416,14 +396,11 @@ impl ConvState {
                 user_message,
                 assistant_message,
             }) => {
+                self.core.limits.release(user_id, unlimited).await;
                 let _ = ack.send(Ok(Ack::Duplicate {
                     user_message,
                     assistant_message,
                 }));
-                let core = self.core.clone();
-                core.tracker
-                    .clone()
-                    .spawn(async move { core.limits.release(user_id, unlimited).await });
                 return Ok(());
             }
             Err(e) => return Err((e, ack)),
@@ -702,5 +679,80 @@ impl ConvState {
                 },
             );
         }
+    }
+}
+
+/// The context of a turn: the system prompt (always kept), then the newest turns of `history`
+/// (each with its token count) that fit `budget` tokens, then the new message. Returns the
+/// messages and the prompt's token count.
+pub fn build_context(
+    history: &VecDeque<(ChatMessage, u64)>,
+    system_prompt: Option<&str>,
+    content: &str,
+    budget: u64,
+) -> (Vec<ChatMessage>, u64) {
+    let mut used = tokens::count(content) + 4 + 3;
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    if let Some(sp) = system_prompt.filter(|s| !s.is_empty()) {
+        used += tokens::count(sp) + 4;
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: sp.to_owned(),
+        });
+    }
+    let mut take = 0;
+    for (_, t) in history.iter().rev() {
+        if used + t > budget {
+            break;
+        }
+        used += t;
+        take += 1;
+    }
+    messages.extend(
+        history
+            .iter()
+            .skip(history.len() - take)
+            .map(|(m, _)| m.clone()),
+    );
+    messages.push(ChatMessage {
+        role: "user".into(),
+        content: content.to_owned(),
+    });
+    (messages, used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> (ChatMessage, u64) {
+        (
+            ChatMessage {
+                role: role.into(),
+                content: content.into(),
+            },
+            tokens::count(content) + 4,
+        )
+    }
+
+    #[test]
+    fn context_keeps_the_system_prompt_and_the_newest_turns_that_fit() {
+        let history: VecDeque<_> = (0..50)
+            .map(|i| msg(if i % 2 == 0 { "user" } else { "assistant" }, &format!("turn number {i}")))
+            .collect();
+        let (all, used_all) = build_context(&history, Some("be brief"), "hello", 100_000);
+        assert_eq!(all.len(), 52);
+        assert_eq!(all[0].role, "system");
+        assert_eq!(all.last().map(|m| m.content.as_str()), Some("hello"));
+        let (few, used_few) = build_context(&history, Some("be brief"), "hello", 60);
+        assert!(used_few <= 60 && used_few < used_all);
+        assert_eq!(few[0].content, "be brief", "the system prompt is always kept");
+        // What is kept is the newest turns, in order.
+        let kept: Vec<_> = few[1..few.len() - 1].iter().map(|m| m.content.clone()).collect();
+        assert!(!kept.is_empty());
+        assert_eq!(kept.last().map(String::as_str), Some("turn number 49"));
+        // A budget smaller than the prompt itself still sends the system prompt and message.
+        let (min, _) = build_context(&history, Some("be brief"), "hello", 1);
+        assert_eq!(min.len(), 2);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -138,38 +139,36 @@ impl Engine {
             .map_err(|_| EngineError::Internal("supervisor dropped request".into()))?
     }
 
-    /// Sends to a conversation actor, restarting it if it just stopped.
+    /// Sends to a conversation actor, starting it if needed (also if it just stopped).
     pub async fn send_conversation(&self, conv_id: i64, msg: ConvMsg) -> Result<(), EngineError> {
-        let mut msg = msg;
-        for _ in 0..3 {
-            let entry = self.conversation(conv_id).await?;
-            if entry.depth() >= self.cfg.mailbox_limit {
-                self.metrics
-                    .mailbox_rejections
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(EngineError::Overloaded { retry_after: 1 });
-            }
-            match entry.send(msg) {
-                Ok(()) => return Ok(()),
-                Err(back) => {
-                    // Stopped between lookup and send (idle stop): forget it and retry.
-                    self.registry
-                        .conversations
-                        .remove_if(&conv_id, |_, e| e.actor.get_id() == entry.actor.get_id());
-                    msg = back;
-                }
-            }
-        }
-        Err(EngineError::Internal(
-            "conversation actor unavailable".into(),
-        ))
+        self.send_to(&self.registry.conversations, conv_id, msg, || {
+            self.conversation(conv_id)
+        })
+        .await
     }
 
-    /// Sends to a user session actor, restarting it if it just stopped.
+    /// Sends to a user session actor, starting it if needed (also if it just stopped).
     pub async fn send_user(&self, user_id: i64, msg: UserMsg) -> Result<(), EngineError> {
-        let mut msg = msg;
+        self.send_to(&self.registry.users, user_id, msg, || self.user(user_id))
+            .await
+    }
+
+    /// Sends `msg` to the actor `get` finds or starts, refusing it above the mailbox limit. An
+    /// actor that stopped between lookup and send (idle stop) is forgotten and started again.
+    async fn send_to<M, F, Fut>(
+        &self,
+        map: &DashMap<i64, Entry<M>>,
+        id: i64,
+        mut msg: M,
+        get: F,
+    ) -> Result<(), EngineError>
+    where
+        M: ractor::Message,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Entry<M>, EngineError>>,
+    {
         for _ in 0..3 {
-            let entry = self.user(user_id).await?;
+            let entry = get().await?;
             if entry.depth() >= self.cfg.mailbox_limit {
                 self.metrics
                     .mailbox_rejections
@@ -179,14 +178,12 @@ impl Engine {
             match entry.send(msg) {
                 Ok(()) => return Ok(()),
                 Err(back) => {
-                    self.registry
-                        .users
-                        .remove_if(&user_id, |_, e| e.actor.get_id() == entry.actor.get_id());
+                    map.remove_if(&id, |_, e| e.actor.get_id() == entry.actor.get_id());
                     msg = back;
                 }
             }
         }
-        Err(EngineError::Internal("user actor unavailable".into()))
+        Err(EngineError::Internal("actor unavailable".into()))
     }
 
     /// Starts a chat turn for a user. The turn's first answer (stored user message, or a

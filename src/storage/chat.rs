@@ -302,32 +302,20 @@ pub async fn begin_turn(db: &Db, t: BeginTurn) -> Result<BeginOutcome> {
         .bind(t.conversation_id)
         .fetch_one(&mut *tx)
         .await?;
-    let reserved = sqlx::query(
-        "UPDATE users SET reserved = reserved + ? WHERE id = ? AND credits - reserved >= ?",
+    let reservation = super::ledger::reserve_in_tx(
+        &mut tx,
+        t.user_id,
+        t.reserve,
+        &t.node_id,
+        &t.turn_id.to_string(),
+        now,
+        t.lock_ms,
     )
-    .bind(t.reserve)
-    .bind(t.user_id)
-    .bind(t.reserve)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if reserved == 0 {
+    .await?;
+    let Some(reservation_id) = reservation else {
         tx.rollback().await?;
         return Ok(BeginOutcome::InsufficientCredits);
-    }
-    let reservation_id = crate::ids::next_id();
-    sqlx::query(
-        "INSERT INTO credit_reservations (id, user_id, amount, node_id, ref_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(reservation_id)
-    .bind(t.user_id)
-    .bind(t.reserve)
-    .bind(&t.node_id)
-    .bind(t.turn_id.to_string())
-    .bind(now)
-    .bind(now + t.lock_ms)
-    .execute(&mut *tx)
-    .await?;
+    };
     let mut m = t.user_message;
     m.seq = seq;
     let inserted = insert_message(&mut tx, &m).await;
@@ -387,28 +375,6 @@ async fn insert_message(
     Ok(())
 }
 
-/// Releases a reservation (if still open) inside a transaction; returns whether it was open.
-async fn release_reservation(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    reservation_id: i64,
-    user_id: i64,
-    amount: i64,
-) -> Result<bool> {
-    let gone = sqlx::query("DELETE FROM credit_reservations WHERE id = ?")
-        .bind(reservation_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if gone > 0 {
-        sqlx::query("UPDATE users SET reserved = reserved - ? WHERE id = ?")
-            .bind(amount)
-            .bind(user_id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(gone > 0)
-}
-
 pub async fn finish_turn(db: &Db, t: FinishTurn) -> Result<FinishOutcome> {
     let now = now_ms();
     let mut tx = db.begin_write().await?;
@@ -426,37 +392,14 @@ pub async fn finish_turn(db: &Db, t: FinishTurn) -> Result<FinishOutcome> {
         .await?;
     // Release first, then charge: the charge may use what the reservation held, never more
     // than leaves other open reservations covered (credits >= reserved at all times).
-    release_reservation(&mut tx, t.reservation_id, t.user_id, t.reserved).await?;
-    let (credits, reserved): (i64, i64) =
-        sqlx::query_as("SELECT credits, reserved FROM users WHERE id = ?")
-            .bind(t.user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    let charge = t.charge.clamp(0, (credits - reserved).max(0));
-    let balance = credits - charge;
+    super::ledger::release_in_tx(&mut tx, t.reservation_id, t.user_id, t.reserved).await?;
     let mut m = t.assistant;
     m.seq = seq;
+    let (charge, balance) =
+        super::ledger::charge_in_tx(&mut tx, t.user_id, t.charge, t.kind, &m.id.to_string(), now)
+            .await?;
     m.credits_charged = charge;
     insert_message(&mut tx, &m).await?;
-    if charge > 0 {
-        sqlx::query("UPDATE users SET credits = credits - ? WHERE id = ?")
-            .bind(charge)
-            .bind(t.user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO credit_ledger (id, user_id, delta, balance_after, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
-        )
-        .bind(crate::ids::next_id())
-        .bind(t.user_id)
-        .bind(-charge)
-        .bind(balance)
-        .bind(t.kind)
-        .bind(m.id.to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
     let status = match m.status.as_str() {
         "complete" => "ok",
         "cancelled" => "cancelled",
@@ -554,7 +497,7 @@ pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> 
             .fetch_all(&mut *tx)
             .await?;
     for (id, user_id, amount) in res {
-        release_reservation(&mut tx, id, user_id, amount).await?;
+        super::ledger::release_in_tx(&mut tx, id, user_id, amount).await?;
     }
     tx.commit().await?;
     Ok(true)
@@ -574,7 +517,7 @@ pub async fn release_stale(db: &Db, node_id: &str) -> Result<u64> {
     let n = stale.len() as u64;
     for (id, user_id, amount) in stale {
         let mut tx = db.begin_write().await?;
-        release_reservation(&mut tx, id, user_id, amount).await?;
+        super::ledger::release_in_tx(&mut tx, id, user_id, amount).await?;
         tx.commit().await?;
     }
     sqlx::query(

@@ -8,7 +8,8 @@ use crate::error::Result;
 use crate::time::now_ms;
 use questech_actors::ports::ModelInfo;
 
-#[derive(Debug, Clone, FromRow)]
+/// A `models` row. Also the form the model list takes in the shared cache (JSON).
+#[derive(Debug, Clone, FromRow, Serialize, Deserialize)]
 pub struct ModelRow {
     pub id: String,
     pub provider: String,

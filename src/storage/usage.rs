@@ -23,35 +23,15 @@ pub async fn reserve(
     ref_id: &str,
     ttl_ms: i64,
 ) -> Result<Option<i64>> {
-    let amount = amount.max(0);
     let now = now_ms();
     let mut tx = db.begin_write().await?;
-    let reserved = sqlx::query(
-        "UPDATE users SET reserved = reserved + ? WHERE id = ? AND credits - reserved >= ?",
-    )
-    .bind(amount)
-    .bind(user_id)
-    .bind(amount)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if reserved == 0 {
+    let Some(id) =
+        super::ledger::reserve_in_tx(&mut tx, user_id, amount.max(0), node_id, ref_id, now, ttl_ms)
+            .await?
+    else {
         tx.rollback().await?;
         return Ok(None);
-    }
-    let id = crate::ids::next_id();
-    sqlx::query(
-        "INSERT INTO credit_reservations (id, user_id, amount, node_id, ref_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(user_id)
-    .bind(amount)
-    .bind(node_id)
-    .bind(ref_id)
-    .bind(now)
-    .bind(now + ttl_ms)
-    .execute(&mut *tx)
-    .await?;
+    };
     tx.commit().await?;
     Ok(Some(id))
 }
@@ -88,45 +68,9 @@ pub struct Settled {
 pub async fn settle(db: &Db, s: &Settle<'_>) -> Result<Settled> {
     let now = now_ms();
     let mut tx = db.begin_write().await?;
-    let gone = sqlx::query("DELETE FROM credit_reservations WHERE id = ?")
-        .bind(s.reservation_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if gone > 0 {
-        sqlx::query("UPDATE users SET reserved = reserved - ? WHERE id = ?")
-            .bind(s.reserved)
-            .bind(s.user_id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let (credits, reserved): (i64, i64) =
-        sqlx::query_as("SELECT credits, reserved FROM users WHERE id = ?")
-            .bind(s.user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    let charge = s.charge.clamp(0, (credits - reserved).max(0));
-    let balance = credits - charge;
-    if charge > 0 {
-        sqlx::query("UPDATE users SET credits = credits - ?, updated_at = ? WHERE id = ?")
-            .bind(charge)
-            .bind(now)
-            .bind(s.user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO credit_ledger (id, user_id, delta, balance_after, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
-        )
-        .bind(crate::ids::next_id())
-        .bind(s.user_id)
-        .bind(-charge)
-        .bind(balance)
-        .bind(s.reason)
-        .bind(s.ref_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
+    super::ledger::release_in_tx(&mut tx, s.reservation_id, s.user_id, s.reserved).await?;
+    let (charge, balance) =
+        super::ledger::charge_in_tx(&mut tx, s.user_id, s.charge, s.reason, s.ref_id, now).await?;
     super::chat::insert_usage(
         &mut tx,
         super::chat::UsageRow {
@@ -153,20 +97,9 @@ pub async fn settle(db: &Db, s: &Settle<'_>) -> Result<Settled> {
 /// started). Returns whether it was still open.
 pub async fn release(db: &Db, user_id: i64, reservation_id: i64, amount: i64) -> Result<bool> {
     let mut tx = db.begin_write().await?;
-    let gone = sqlx::query("DELETE FROM credit_reservations WHERE id = ?")
-        .bind(reservation_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if gone > 0 {
-        sqlx::query("UPDATE users SET reserved = reserved - ? WHERE id = ?")
-            .bind(amount)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-    }
+    let gone = super::ledger::release_in_tx(&mut tx, reservation_id, user_id, amount).await?;
     tx.commit().await?;
-    Ok(gone > 0)
+    Ok(gone)
 }
 
 /// One row of the usage history.

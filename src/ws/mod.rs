@@ -69,9 +69,10 @@ pub async fn upgrade(
         .on_upgrade(move |socket| run(state, user, credits, socket)))
 }
 
-#[derive(Deserialize)]
+/// Client → server frames (SPEC §8). Public so benchmarks parse exactly what the server parses.
+#[derive(Deserialize, Debug)]
 #[serde(tag = "type")]
-enum ClientFrame {
+pub enum ClientFrame {
     #[serde(rename = "chat.send")]
     Send {
         id: Option<String>,
