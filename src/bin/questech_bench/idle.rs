@@ -224,8 +224,8 @@ async fn admin_actors(ctx: &Ctx) -> Option<Value> {
     .await
     .ok()?;
     Some(json!({
-        "ws_connections": find(&v, &["ws_connections", "connections", "websocket_connections"]),
-        "user_actors": find(&v, &["user_sessions", "user_actors", "users"]),
+        "ws_connections": find(&v, &["websocket_connections", "ws_connections", "connections"]),
+        "user_actors": find(&v, &["user_session", "user_sessions", "user_actors"]),
         "raw": v,
     }))
 }

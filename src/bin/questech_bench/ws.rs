@@ -14,6 +14,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -122,7 +123,12 @@ pub async fn connect(
     let auth =
         HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "bad_token".to_owned())?;
     req.headers_mut().insert("authorization", auth);
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+    // Small buffers: tungstenite zero-fills its whole read buffer (128 KiB by default) before
+    // every read, which would cost the load generator more CPU than the frames themselves.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
         .await
         .map_err(|e| ws_code(&e))?;
     match tokio::time::timeout(hello_timeout, ws.next()).await {
