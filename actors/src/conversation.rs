@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
@@ -144,7 +144,6 @@ pub struct ConvState {
     loaded: Option<Loaded>,
     turn: Option<Turn>,
     last_active: Instant,
-    ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 const HISTORY_KEEP: usize = 400;
@@ -156,13 +155,11 @@ impl Actor for Conversation {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<ConvMsg>,
+        _myself: ActorRef<ConvMsg>,
         args: ConvArgs,
     ) -> Result<ConvState, ActorProcessingErr> {
-        // Cheap start: the state is loaded from the database on the first message.
-        let every = (args.core.cfg.actor_idle / 2)
-            .clamp(Duration::from_millis(50), Duration::from_secs(30));
-        let ticker = myself.send_interval(every, || ConvMsg::Tick);
+        // Cheap start: the state is loaded from the database on the first message. Idle checks
+        // come from the engine's one sweep (`Tick`), not a timer per actor.
         Ok(ConvState {
             id: args.conversation_id,
             core: args.core,
@@ -172,7 +169,6 @@ impl Actor for Conversation {
             loaded: None,
             turn: None,
             last_active: Instant::now(),
-            ticker: Some(ticker),
         })
     }
 
@@ -181,9 +177,6 @@ impl Actor for Conversation {
         _myself: ActorRef<ConvMsg>,
         state: &mut ConvState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.ticker.take() {
-            t.abort();
-        }
         // Stopped with a turn in flight (conversation deleted): end it cleanly.
         if let Some(turn) = state.turn.take() {
             state.turn_in_flight.store(0, Ordering::Relaxed);

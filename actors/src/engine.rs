@@ -104,7 +104,35 @@ impl Engine {
         });
         let (sup, _) = Actor::spawn(None, Supervisor, core.clone()).await?;
         let _ = core.supervisor.set(sup);
-        Ok(Engine(core))
+        let engine = Engine(core);
+        engine.start_idle_sweep();
+        Ok(engine)
+    }
+
+    /// One task ticks every live actor now and then so idle ones stop themselves: cheaper than
+    /// a timer task per actor (which would cost every idle user memory and a wake-up).
+    fn start_idle_sweep(&self) {
+        let every = (self.cfg.actor_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let core = Arc::downgrade(&self.0);
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let Some(core) = core.upgrade() else { return };
+                // Ticks are not counted in the mailbox depth (handlers skip them).
+                for e in core.registry.users.iter() {
+                    let _ = e.actor.cast(UserMsg::Tick);
+                }
+                for e in core.registry.conversations.iter() {
+                    let _ = e.actor.cast(ConvMsg::Tick);
+                }
+            }
+        });
     }
 
     fn supervisor(&self) -> Result<&ActorRef<SupMsg>, EngineError> {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -56,7 +56,6 @@ pub struct UserState {
     depth: Arc<AtomicUsize>,
     conns: HashMap<u64, Connection>,
     last_active: Instant,
-    ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for UserSession {
@@ -66,31 +65,17 @@ impl Actor for UserSession {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<UserMsg>,
+        _myself: ActorRef<UserMsg>,
         args: UserArgs,
     ) -> Result<UserState, ActorProcessingErr> {
-        let every = (args.core.cfg.actor_idle / 2)
-            .clamp(Duration::from_millis(50), Duration::from_secs(30));
-        let ticker = myself.send_interval(every, || UserMsg::Tick);
+        // Idle checks come from the engine's one sweep (`Tick`), not a timer per actor.
         Ok(UserState {
             user_id: args.user_id,
             core: args.core,
             depth: args.depth,
             conns: HashMap::new(),
             last_active: Instant::now(),
-            ticker: Some(ticker),
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<UserMsg>,
-        state: &mut UserState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.ticker.take() {
-            t.abort();
-        }
-        Ok(())
     }
 
     async fn handle(
