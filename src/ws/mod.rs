@@ -141,7 +141,13 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
         tokio::select! {
             out = rx.recv() => match out {
                 Some(bytes) => {
-                    if sink.send(text(bytes)).await.is_err() { break None; }
+                    // A client that stops reading blocks this write once the TCP buffers are
+                    // full; its queue then fills and the session actor cancels `close`, which
+                    // must end the write too (bounded memory, no stuck task).
+                    tokio::select! {
+                        r = sink.send(text(bytes)) => if r.is_err() { break None; },
+                        _ = close.cancelled() => break Some((1008, "connection closed by the server")),
+                    }
                 }
                 None => {
                     // The session actor went away (restarted): attach to its successor.
@@ -179,15 +185,19 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
             _ = state.shutdown.cancelled() => break Some((1001, "server shutting down")),
         }
     };
-    if let Some((code, reason)) = close_code {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            })))
-            .await;
-    }
-    let _ = sink.close().await;
+    // Bounded: a peer that does not read must not keep this task alive.
+    let goodbye = async {
+        if let Some((code, reason)) = close_code {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                })))
+                .await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
     metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
     if let Some(e) = state.engine.registry.user(user.user_id) {
         let _ = e.send(UserMsg::Detach { conn_id });
