@@ -144,8 +144,20 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
                     // A client that stops reading blocks this write once the TCP buffers are
                     // full; its queue then fills and the session actor cancels `close`, which
                     // must end the write too (bounded memory, no stuck task).
+                    // Whatever else is already queued goes out in the same write (one flush per
+                    // burst, not one per frame).
+                    let write = async {
+                        sink.feed(text(bytes)).await?;
+                        for _ in 0..64 {
+                            match rx.try_recv() {
+                                Ok(more) => sink.feed(text(more)).await?,
+                                Err(_) => break,
+                            }
+                        }
+                        sink.flush().await
+                    };
                     tokio::select! {
-                        r = sink.send(text(bytes)) => if r.is_err() { break None; },
+                        r = write => if r.is_err() { break None; },
                         _ = close.cancelled() => break Some((1008, "connection closed by the server")),
                     }
                 }

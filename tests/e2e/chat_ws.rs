@@ -610,3 +610,73 @@ mod two_nodes {
         assert_credit_invariants(&app, u.uid()).await;
     });
 }
+
+// A device that stops reading is disconnected once its queue fills; the user's other devices
+// keep receiving everything.
+both!(slow_reader_is_disconnected_others_unaffected, env = [("ECHO_DELAY_MS", "0")], |app| async move {
+    let u = app.register(&uname("slow")).await;
+    // Long replies: let echo answer up to 20 000 tokens, and give the user the credits for it.
+    let boss = uname("slowboss");
+    app.register(&boss).await;
+    let admin = app.make_admin(&boss).await;
+    let (s, _, b) = app
+        .patch(
+            "/admin/models/echo",
+            Some(&admin.access),
+            Some(json!({"context_window": 100000, "max_output_tokens": 20000})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, b) = app
+        .post(
+            &format!("/admin/users/{}/credits", u.id),
+            Some(&admin.access),
+            Some(json!({"delta": 100000, "reason": "long replies"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut good = Ws::connect(&app, &u.access).await;
+    // The slow device: a tiny receive window, a handshake, then it never reads again.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(app.addr).await.unwrap();
+    let url = format!("ws://{}/ws?token={}", app.addr, u.access);
+    let (slow, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    eventually(Duration::from_secs(5), "two sockets attached", || {
+        let app = &app;
+        async move {
+            (app.state.engine.metrics.ws_connections.load(std::sync::atomic::Ordering::Relaxed)
+                >= 2)
+                .then_some(())
+        }
+    })
+    .await;
+    // Four long turns at once: 64 000 deltas, about 11 MB of frames — more than the kernel
+    // buffers a reader with a 4 KiB window can hide.
+    let words = vec!["a"; 15_900].join(" ");
+    let mut convs = vec![];
+    for i in 0..4 {
+        let c = conv_id(&app, &u.access, "echo").await;
+        good.chat(&c, &format!("slow-{i}"), &words).await;
+        convs.push(c);
+    }
+    let mut done = 0;
+    let (_, _) = good
+        .until(|f| {
+            done += usize::from(f["type"] == "chat.done");
+            done == 4
+        })
+        .await;
+    // The slow socket was dropped by the server, not left holding a growing queue.
+    eventually(Duration::from_secs(10), "slow socket disconnected", || {
+        let app = &app;
+        async move {
+            (app.state.engine.metrics.ws_connections.load(std::sync::atomic::Ordering::Relaxed)
+                == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    drop(slow);
+    assert_credit_invariants(&app, u.uid()).await;
+});
