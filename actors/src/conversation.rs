@@ -731,7 +731,12 @@ mod tests {
     #[test]
     fn context_keeps_the_system_prompt_and_the_newest_turns_that_fit() {
         let history: VecDeque<_> = (0..50)
-            .map(|i| msg(if i % 2 == 0 { "user" } else { "assistant" }, &format!("turn number {i}")))
+            .map(|i| {
+                msg(
+                    if i % 2 == 0 { "user" } else { "assistant" },
+                    &format!("turn number {i}"),
+                )
+            })
             .collect();
         let (all, used_all) = build_context(&history, Some("be brief"), "hello", 100_000);
         assert_eq!(all.len(), 52);
@@ -739,9 +744,15 @@ mod tests {
         assert_eq!(all.last().map(|m| m.content.as_str()), Some("hello"));
         let (few, used_few) = build_context(&history, Some("be brief"), "hello", 60);
         assert!(used_few <= 60 && used_few < used_all);
-        assert_eq!(few[0].content, "be brief", "the system prompt is always kept");
+        assert_eq!(
+            few[0].content, "be brief",
+            "the system prompt is always kept"
+        );
         // What is kept is the newest turns, in order.
-        let kept: Vec<_> = few[1..few.len() - 1].iter().map(|m| m.content.clone()).collect();
+        let kept: Vec<_> = few[1..few.len() - 1]
+            .iter()
+            .map(|m| m.content.clone())
+            .collect();
         assert!(!kept.is_empty());
         assert_eq!(kept.last().map(String::as_str), Some("turn number 49"));
         // A budget smaller than the prompt itself still sends the system prompt and message.

@@ -112,7 +112,8 @@ impl Engine {
     /// One task ticks every live actor now and then so idle ones stop themselves: cheaper than
     /// a timer task per actor (which would cost every idle user memory and a wake-up).
     fn start_idle_sweep(&self) {
-        let every = (self.cfg.actor_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let every =
+            (self.cfg.actor_idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(30));
         let core = Arc::downgrade(&self.0);
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {

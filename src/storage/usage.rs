@@ -25,9 +25,16 @@ pub async fn reserve(
 ) -> Result<Option<i64>> {
     let now = now_ms();
     let mut tx = db.begin_write().await?;
-    let Some(id) =
-        super::ledger::reserve_in_tx(&mut tx, user_id, amount.max(0), node_id, ref_id, now, ttl_ms)
-            .await?
+    let Some(id) = super::ledger::reserve_in_tx(
+        &mut tx,
+        user_id,
+        amount.max(0),
+        node_id,
+        ref_id,
+        now,
+        ttl_ms,
+    )
+    .await?
     else {
         tx.rollback().await?;
         return Ok(None);

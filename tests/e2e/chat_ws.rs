@@ -539,27 +539,31 @@ both!(ws_credits_updated_on_admin_grant, |app| async move {
 mod two_nodes {
     use super::*;
 
-    mysql_only!(cancel_from_another_node, env = [("ECHO_DELAY_MS", "150")], |app| async move {
-        let node_b = app.spawn_node(&[]).await;
-        let name = uname("xcancel");
-        let u = app.register(&name).await;
-        let device_b = node_b.login(&name, PASSWORD).await;
-        let conv = conv_id(&app, &u.access, "echo").await;
-        let mut on_a = Ws::connect(&app, &u.access).await;
-        let mut on_b = Ws::connect(&node_b, &device_b.access).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let long = vec!["word"; 60].join(" ");
-        on_a.chat(&conv, "x-1", &long).await;
-        // The turn runs on node A; node B sees it and cancels it.
-        on_b.until_type("chat.delta").await;
-        on_b.send(json!({"type": "chat.cancel", "conversation_id": conv}))
-            .await;
-        let (_, done) = on_a.until_type("chat.done").await;
-        assert_eq!(done["message"]["status"], "cancelled", "{done}");
-        let text = done["message"]["content"].as_str().unwrap();
-        assert!(text.len() < "Echo: ".len() + long.len(), "partial: {text}");
-        assert_credit_invariants(&app, u.uid()).await;
-    });
+    mysql_only!(
+        cancel_from_another_node,
+        env = [("ECHO_DELAY_MS", "150")],
+        |app| async move {
+            let node_b = app.spawn_node(&[]).await;
+            let name = uname("xcancel");
+            let u = app.register(&name).await;
+            let device_b = node_b.login(&name, PASSWORD).await;
+            let conv = conv_id(&app, &u.access, "echo").await;
+            let mut on_a = Ws::connect(&app, &u.access).await;
+            let mut on_b = Ws::connect(&node_b, &device_b.access).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let long = vec!["word"; 60].join(" ");
+            on_a.chat(&conv, "x-1", &long).await;
+            // The turn runs on node A; node B sees it and cancels it.
+            on_b.until_type("chat.delta").await;
+            on_b.send(json!({"type": "chat.cancel", "conversation_id": conv}))
+                .await;
+            let (_, done) = on_a.until_type("chat.done").await;
+            assert_eq!(done["message"]["status"], "cancelled", "{done}");
+            let text = done["message"]["content"].as_str().unwrap();
+            assert!(text.len() < "Echo: ".len() + long.len(), "partial: {text}");
+            assert_credit_invariants(&app, u.uid()).await;
+        }
+    );
 
     mysql_only!(socket_on_b_sees_turn_on_a, |app| async move {
         let node_b = app.spawn_node(&[]).await;
@@ -613,70 +617,82 @@ mod two_nodes {
 
 // A device that stops reading is disconnected once its queue fills; the user's other devices
 // keep receiving everything.
-both!(slow_reader_is_disconnected_others_unaffected, env = [("ECHO_DELAY_MS", "0")], |app| async move {
-    let u = app.register(&uname("slow")).await;
-    // Long replies: let echo answer up to 20 000 tokens, and give the user the credits for it.
-    let boss = uname("slowboss");
-    app.register(&boss).await;
-    let admin = app.make_admin(&boss).await;
-    let (s, _, b) = app
-        .patch(
-            "/admin/models/echo",
-            Some(&admin.access),
-            Some(json!({"context_window": 100000, "max_output_tokens": 20000})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, _, b) = app
-        .post(
-            &format!("/admin/users/{}/credits", u.id),
-            Some(&admin.access),
-            Some(json!({"delta": 100000, "reason": "long replies"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let mut good = Ws::connect(&app, &u.access).await;
-    // The slow device: a tiny receive window, a handshake, then it never reads again.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock.connect(app.addr).await.unwrap();
-    let url = format!("ws://{}/ws?token={}", app.addr, u.access);
-    let (slow, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-    eventually(Duration::from_secs(5), "two sockets attached", || {
-        let app = &app;
-        async move {
-            (app.state.engine.metrics.ws_connections.load(std::sync::atomic::Ordering::Relaxed)
-                >= 2)
-                .then_some(())
-        }
-    })
-    .await;
-    // Four long turns at once: 64 000 deltas, about 11 MB of frames — more than the kernel
-    // buffers a reader with a 4 KiB window can hide.
-    let words = vec!["a"; 15_900].join(" ");
-    let mut convs = vec![];
-    for i in 0..4 {
-        let c = conv_id(&app, &u.access, "echo").await;
-        good.chat(&c, &format!("slow-{i}"), &words).await;
-        convs.push(c);
-    }
-    let mut done = 0;
-    let (_, _) = good
-        .until(|f| {
-            done += usize::from(f["type"] == "chat.done");
-            done == 4
+both!(
+    slow_reader_is_disconnected_others_unaffected,
+    env = [("ECHO_DELAY_MS", "0")],
+    |app| async move {
+        let u = app.register(&uname("slow")).await;
+        // Long replies: let echo answer up to 20 000 tokens, and give the user the credits for it.
+        let boss = uname("slowboss");
+        app.register(&boss).await;
+        let admin = app.make_admin(&boss).await;
+        let (s, _, b) = app
+            .patch(
+                "/admin/models/echo",
+                Some(&admin.access),
+                Some(json!({"context_window": 100000, "max_output_tokens": 20000})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, _, b) = app
+            .post(
+                &format!("/admin/users/{}/credits", u.id),
+                Some(&admin.access),
+                Some(json!({"delta": 100000, "reason": "long replies"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let mut good = Ws::connect(&app, &u.access).await;
+        // The slow device: a tiny receive window, a handshake, then it never reads again.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock.connect(app.addr).await.unwrap();
+        let url = format!("ws://{}/ws?token={}", app.addr, u.access);
+        let (slow, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        eventually(Duration::from_secs(5), "two sockets attached", || {
+            let app = &app;
+            async move {
+                (app.state
+                    .engine
+                    .metrics
+                    .ws_connections
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= 2)
+                    .then_some(())
+            }
         })
         .await;
-    // The slow socket was dropped by the server, not left holding a growing queue.
-    eventually(Duration::from_secs(10), "slow socket disconnected", || {
-        let app = &app;
-        async move {
-            (app.state.engine.metrics.ws_connections.load(std::sync::atomic::Ordering::Relaxed)
-                == 1)
-                .then_some(())
+        // Four long turns at once: 64 000 deltas, about 11 MB of frames — more than the kernel
+        // buffers a reader with a 4 KiB window can hide.
+        let words = vec!["a"; 15_900].join(" ");
+        let mut convs = vec![];
+        for i in 0..4 {
+            let c = conv_id(&app, &u.access, "echo").await;
+            good.chat(&c, &format!("slow-{i}"), &words).await;
+            convs.push(c);
         }
-    })
-    .await;
-    drop(slow);
-    assert_credit_invariants(&app, u.uid()).await;
-});
+        let mut done = 0;
+        let (_, _) = good
+            .until(|f| {
+                done += usize::from(f["type"] == "chat.done");
+                done == 4
+            })
+            .await;
+        // The slow socket was dropped by the server, not left holding a growing queue.
+        eventually(Duration::from_secs(10), "slow socket disconnected", || {
+            let app = &app;
+            async move {
+                (app.state
+                    .engine
+                    .metrics
+                    .ws_connections
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 1)
+                    .then_some(())
+            }
+        })
+        .await;
+        drop(slow);
+        assert_credit_invariants(&app, u.uid()).await;
+    }
+);

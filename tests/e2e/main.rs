@@ -16,10 +16,10 @@ mod common;
 mod wsclient;
 
 mod accounts;
-mod bench_smoke;
 mod admin;
 mod api_keys;
 mod apple;
+mod bench_smoke;
 mod chat_faults;
 mod chat_rest;
 mod chat_ws;

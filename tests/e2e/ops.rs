@@ -92,43 +92,62 @@ fn check_refs(doc: &Value, v: &Value, dangling: &mut Vec<String>) {
     }
 }
 
-both!(openapi_lists_every_endpoint_and_is_consistent, |app| async move {
-    let (s, h, doc) = app.get("/openapi.json", None).await;
-    assert_eq!(s, StatusCode::OK);
-    assert!(h["content-type"].to_str().unwrap().starts_with("application/json"));
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
-    assert!(doc["info"]["title"].is_string());
-    let paths = doc["paths"].as_object().expect("paths");
-    let missing: Vec<_> = SPEC_ENDPOINTS
-        .iter()
-        .filter(|(m, p)| paths.get(*p).and_then(|o| o.get(*m)).is_none())
-        .collect();
-    assert!(missing.is_empty(), "endpoints missing from /openapi.json: {missing:?}");
-    // Every operation documents at least one response, and every reference resolves.
-    for (p, ops) in paths {
-        for (m, op) in ops.as_object().unwrap() {
-            if ["get", "post", "put", "patch", "delete"].contains(&m.as_str()) {
-                assert!(
-                    op["responses"].as_object().is_some_and(|r| !r.is_empty()),
-                    "{m} {p} documents its responses"
-                );
+both!(
+    openapi_lists_every_endpoint_and_is_consistent,
+    |app| async move {
+        let (s, h, doc) = app.get("/openapi.json", None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3."),
+            "{}",
+            doc["openapi"]
+        );
+        assert!(doc["info"]["title"].is_string());
+        let paths = doc["paths"].as_object().expect("paths");
+        let missing: Vec<_> = SPEC_ENDPOINTS
+            .iter()
+            .filter(|(m, p)| paths.get(*p).and_then(|o| o.get(*m)).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "endpoints missing from /openapi.json: {missing:?}"
+        );
+        // Every operation documents at least one response, and every reference resolves.
+        for (p, ops) in paths {
+            for (m, op) in ops.as_object().unwrap() {
+                if ["get", "post", "put", "patch", "delete"].contains(&m.as_str()) {
+                    assert!(
+                        op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                        "{m} {p} documents its responses"
+                    );
+                }
             }
         }
-    }
-    let mut dangling = vec![];
-    check_refs(&doc, &doc, &mut dangling);
-    assert!(dangling.is_empty(), "dangling $refs: {dangling:?}");
-    // The document is also what utoipa itself can read back.
-    let parsed: Result<utoipa::openapi::OpenApi, _> = serde_json::from_value(doc.clone());
-    assert!(parsed.is_ok(), "{:?}", parsed.err());
-    // Bearer auth is declared.
-    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        let mut dangling = vec![];
+        check_refs(&doc, &doc, &mut dangling);
+        assert!(dangling.is_empty(), "dangling $refs: {dangling:?}");
+        // The document is also what utoipa itself can read back.
+        let parsed: Result<utoipa::openapi::OpenApi, _> = serde_json::from_value(doc.clone());
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
+        // Bearer auth is declared.
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
 
-    let res = app.client.get(app.url("/docs")).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let html = res.text().await.unwrap();
-    assert!(html.contains("<html") && html.contains("openapi"), "docs page: {html:.200}");
-});
+        let res = app.client.get(app.url("/docs")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let html = res.text().await.unwrap();
+        assert!(
+            html.contains("<html") && html.contains("openapi"),
+            "docs page: {html:.200}"
+        );
+    }
+);
 
 both!(metrics_exposes_engine_and_http_figures, |app| async move {
     let u = app.register(&uname("metrics")).await;
@@ -137,7 +156,10 @@ both!(metrics_exposes_engine_and_http_figures, |app| async move {
     assert_eq!(s, StatusCode::OK, "{r}");
     let res = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = res.text().await.unwrap();
     for needle in [
         "questech_http_requests_total{method=\"POST\",route=\"/chat/conversations/{id}/messages\",status=\"200\"}",
@@ -158,20 +180,24 @@ both!(metrics_exposes_engine_and_http_figures, |app| async move {
     }
 });
 
-both!(metrics_token_is_required_when_set, env = [("METRICS_TOKEN", "scrape-me")], |app| async move {
-    let (s, h, b) = app.get("/metrics", None).await;
-    assert_unauthorized(s, &h, &b);
-    let (s, h, b) = app.get("/metrics", Some("wrong")).await;
-    assert_unauthorized(s, &h, &b);
-    let res = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth("scrape-me")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-});
+both!(
+    metrics_token_is_required_when_set,
+    env = [("METRICS_TOKEN", "scrape-me")],
+    |app| async move {
+        let (s, h, b) = app.get("/metrics", None).await;
+        assert_unauthorized(s, &h, &b);
+        let (s, h, b) = app.get("/metrics", Some("wrong")).await;
+        assert_unauthorized(s, &h, &b);
+        let res = app
+            .client
+            .get(app.url("/metrics"))
+            .bearer_auth("scrape-me")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+);
 
 both!(admin_actors_shows_live_engine_state, |app| async move {
     let name = uname("ops");
@@ -204,22 +230,29 @@ both!(admin_actors_shows_live_engine_state, |app| async move {
     assert_eq!(echo["breaker"], "closed");
 });
 
-both!(cors_allows_only_configured_origins, env = [("CORS_ORIGINS", "https://app.questech.example")], |app| async move {
-    let pre = |origin: &'static str| {
-        app.client
-            .request(reqwest::Method::OPTIONS, app.url("/user/login"))
-            .header("origin", origin)
-            .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "content-type,authorization")
-            .send()
-    };
-    let ok = pre("https://app.questech.example").await.unwrap();
-    assert_eq!(
-        ok.headers()
-            .get("access-control-allow-origin")
-            .map(|v| v.to_str().unwrap().to_owned()),
-        Some("https://app.questech.example".to_owned())
-    );
-    let bad = pre("https://evil.example").await.unwrap();
-    assert!(bad.headers().get("access-control-allow-origin").is_none());
-});
+both!(
+    cors_allows_only_configured_origins,
+    env = [("CORS_ORIGINS", "https://app.questech.example")],
+    |app| async move {
+        let pre = |origin: &'static str| {
+            app.client
+                .request(reqwest::Method::OPTIONS, app.url("/user/login"))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "content-type,authorization",
+                )
+                .send()
+        };
+        let ok = pre("https://app.questech.example").await.unwrap();
+        assert_eq!(
+            ok.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("https://app.questech.example".to_owned())
+        );
+        let bad = pre("https://evil.example").await.unwrap();
+        assert!(bad.headers().get("access-control-allow-origin").is_none());
+    }
+);
