@@ -43,9 +43,25 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let (cache_ok, mut cache_json) = check(cache);
     db_json["dialect"] = json!(format!("{:?}", state.db.dialect).to_lowercase());
     cache_json["backend"] = json!(state.cache.backend());
-    let llm = json!({"status": "up"});
+    // Providers: one whose circuit breaker is not closed is down for now; the service still
+    // answers (other providers, fallbacks), so that is "degraded", not "unhealthy".
+    let providers = state.engine.pool.snapshot();
+    let degraded = providers
+        .iter()
+        .any(|p| p.breaker != questech_actors::pool::BreakerState::Closed);
+    let llm = json!({
+        "status": if degraded { "degraded" } else { "up" },
+        "providers": providers
+            .iter()
+            .map(|p| json!({"provider": p.provider, "breaker": p.breaker, "in_flight": p.in_flight, "queued": p.queued}))
+            .collect::<Vec<_>>(),
+    });
     let healthy = db_ok && cache_ok;
-    let status = if healthy { "healthy" } else { "unhealthy" };
+    let status = match (healthy, degraded) {
+        (false, _) => "unhealthy",
+        (true, true) => "degraded",
+        (true, false) => "healthy",
+    };
     let code = if healthy {
         StatusCode::OK
     } else {

@@ -334,6 +334,11 @@ async fn breaker(backend: Backend) {
         "the breaker opened after 2 failures"
     );
     assert_eq!(breaker_state(&app, "openai"), "open");
+    // A provider cut off is "degraded", still 200 (SPEC §12).
+    let (s, _, h) = app.get("/health", None).await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["checks"]["llm"]["status"], "degraded", "{h}");
     // Open: fail fast, nothing reaches the upstream.
     for _ in 0..3 {
         let t = Instant::now();
@@ -363,6 +368,12 @@ async fn breaker(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(fake.request_count(), 4);
     assert_eq!(breaker_state(&app, "openai"), "closed");
+    let (s, _, h) = app.get("/health", None).await;
+    assert_eq!(
+        (s, h["status"].clone()),
+        (StatusCode::OK, serde_json::json!("healthy")),
+        "{h}"
+    );
     let (s, b) = say(&app, &u.access, &conv, "and again").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(fake.request_count(), 5);
