@@ -106,17 +106,7 @@ pub async fn list(db: &Db, published_only: bool, page: Page) -> Result<(Vec<Agen
     } else {
         ""
     };
-    let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM agents {filter}"))
-        .fetch_one(&db.read)
-        .await?;
-    let items = sqlx::query_as(&format!(
-        "SELECT {COLS} FROM agents {filter} ORDER BY id LIMIT ? OFFSET ?"
-    ))
-    .bind(page.page_size)
-    .bind(page.offset())
-    .fetch_all(&db.read)
-    .await?;
-    Ok((items, total))
+    super::paged(db, COLS, &format!("agents {filter}"), "id", None, page).await
 }
 
 pub async fn insert(db: &Db, a: &AgentRow) -> Result<()> {

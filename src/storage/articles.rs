@@ -134,17 +134,7 @@ pub async fn list_published(
 
 /// Every article, newest first (admins).
 pub async fn list_all(db: &Db, page: Page) -> Result<(Vec<ArticleRow>, i64)> {
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM articles")
-        .fetch_one(&db.read)
-        .await?;
-    let items = sqlx::query_as(&format!(
-        "SELECT {COLS} FROM articles ORDER BY id DESC LIMIT ? OFFSET ?"
-    ))
-    .bind(page.page_size)
-    .bind(page.offset())
-    .fetch_all(&db.read)
-    .await?;
-    Ok((items, total))
+    super::paged(db, COLS, "articles", "id DESC", None, page).await
 }
 
 pub async fn insert(db: &Db, a: &ArticleRow) -> Result<()> {

@@ -137,21 +137,15 @@ pub async fn list_conversations(
     user_id: i64,
     page: Page,
 ) -> Result<(Vec<ConversationRow>, i64)> {
-    let total: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM conversations WHERE user_id = ? AND deleted_at IS NULL",
+    super::paged(
+        db,
+        CONV_COLS,
+        "conversations WHERE user_id = ? AND deleted_at IS NULL",
+        "updated_at DESC, id DESC",
+        Some(user_id),
+        page,
     )
-    .bind(user_id)
-    .fetch_one(&db.read)
-    .await?;
-    let items = sqlx::query_as(&format!(
-        "SELECT {CONV_COLS} FROM conversations WHERE user_id = ? AND deleted_at IS NULL ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?"
-    ))
-    .bind(user_id)
-    .bind(page.page_size)
-    .bind(page.offset())
-    .fetch_all(&db.read)
-    .await?;
-    Ok((items, total))
+    .await
 }
 
 pub async fn update_conversation(

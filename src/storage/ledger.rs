@@ -26,20 +26,15 @@ pub struct LedgerRow {
 }
 
 pub async fn list(db: &Db, user_id: i64, page: Page) -> Result<(Vec<LedgerRow>, i64)> {
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credit_ledger WHERE user_id = ?")
-        .bind(user_id)
-        .fetch_one(&db.read)
-        .await?;
-    let items = sqlx::query_as(
-        "SELECT id, user_id, delta, balance_after, reason, note, ref_id, created_at FROM credit_ledger \
-         WHERE user_id = ? ORDER BY id DESC LIMIT ? OFFSET ?",
+    super::paged(
+        db,
+        "id, user_id, delta, balance_after, reason, note, ref_id, created_at",
+        "credit_ledger WHERE user_id = ?",
+        "id DESC",
+        Some(user_id),
+        page,
     )
-    .bind(user_id)
-    .bind(page.page_size)
-    .bind(page.offset())
-    .fetch_all(&db.read)
-    .await?;
-    Ok((items, total))
+    .await
 }
 
 /// Applies `delta` to a user's balance with its ledger row, atomically. A debit that would take

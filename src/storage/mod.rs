@@ -185,6 +185,37 @@ impl Page {
     }
 }
 
+/// One page of `SELECT {cols} FROM {from} ORDER BY {order}` with the total count of
+/// `FROM {from}`, read from the read pool. `from` is the table and its `WHERE`; `scope` binds its
+/// single `?` (a user id), if it has one.
+pub async fn paged<T>(
+    db: &Db,
+    cols: &str,
+    from: &str,
+    order: &str,
+    scope: Option<i64>,
+    page: Page,
+) -> crate::error::Result<(Vec<T>, i64)>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    let count_sql = format!("SELECT COUNT(*) FROM {from}");
+    let page_sql = format!("SELECT {cols} FROM {from} ORDER BY {order} LIMIT ? OFFSET ?");
+    let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+    let mut items = sqlx::query_as::<_, T>(&page_sql);
+    if let Some(id) = scope {
+        count = count.bind(id);
+        items = items.bind(id);
+    }
+    let total = count.fetch_one(&db.read).await?;
+    let items = items
+        .bind(page.page_size)
+        .bind(page.offset())
+        .fetch_all(&db.read)
+        .await?;
+    Ok((items, total))
+}
+
 /// The paginated answer shape `{items, page, page_size, total}`.
 #[derive(serde::Serialize, Debug)]
 pub struct Paged<T> {

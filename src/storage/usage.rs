@@ -136,18 +136,13 @@ pub struct UsageLogRow {
 
 /// The user's usage rows, newest first.
 pub async fn list(db: &Db, user_id: i64, page: Page) -> Result<(Vec<UsageLogRow>, i64)> {
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs WHERE user_id = ?")
-        .bind(user_id)
-        .fetch_one(&db.read)
-        .await?;
-    let items = sqlx::query_as(
-        "SELECT id, user_id, kind, model, api_key_id, prompt_tokens, completion_tokens, credits, latency_ms, status, created_at \
-         FROM usage_logs WHERE user_id = ? ORDER BY id DESC LIMIT ? OFFSET ?",
+    super::paged(
+        db,
+        "id, user_id, kind, model, api_key_id, prompt_tokens, completion_tokens, credits, latency_ms, status, created_at",
+        "usage_logs WHERE user_id = ?",
+        "id DESC",
+        Some(user_id),
+        page,
     )
-    .bind(user_id)
-    .bind(page.page_size)
-    .bind(page.offset())
-    .fetch_all(&db.read)
-    .await?;
-    Ok((items, total))
+    .await
 }
