@@ -7,10 +7,10 @@
 //! no transaction is open (never across an LLM call).
 
 use serde::Serialize;
-use sqlx::FromRow;
+use sqlx::{AnyConnection, FromRow};
 
 use super::{Db, Page};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::time::now_ms;
 use questech_actors::events::{MsgUsage, StoredMessage};
 use questech_actors::ports::{
@@ -61,7 +61,7 @@ pub struct MessageRow {
     pub created_at: i64,
 }
 
-const MSG_COLS: &str = "id, conversation_id, seq, role, content, status, model, prompt_tokens, completion_tokens, credits_charged, client_msg_id, created_at";
+pub(super) const MSG_COLS: &str = "id, conversation_id, seq, role, content, status, model, prompt_tokens, completion_tokens, credits_charged, client_msg_id, created_at";
 
 impl From<MessageRow> for StoredMessage {
     fn from(m: MessageRow) -> Self {
@@ -228,8 +228,9 @@ pub async fn load_snapshot(db: &Db, id: i64, keep: i64) -> Result<Option<Convers
     }))
 }
 
-async fn find_by_client_id(
-    db: &Db,
+/// The user message stored under `client_msg_id` in a conversation, with its reply if any.
+pub(super) async fn find_by_client_id(
+    conn: &mut AnyConnection,
     conversation_id: i64,
     client_msg_id: &str,
 ) -> Result<Option<(StoredMessage, Option<StoredMessage>)>> {
@@ -238,7 +239,7 @@ async fn find_by_client_id(
     ))
     .bind(conversation_id)
     .bind(client_msg_id)
-    .fetch_optional(&db.write)
+    .fetch_optional(&mut *conn)
     .await?;
     let Some(user) = user else { return Ok(None) };
     let reply: Option<MessageRow> = sqlx::query_as(&format!(
@@ -246,215 +247,43 @@ async fn find_by_client_id(
     ))
     .bind(conversation_id)
     .bind(user.seq + 1)
-    .fetch_optional(&db.write)
+    .fetch_optional(&mut *conn)
     .await?;
     Ok(Some((user.into(), reply.map(Into::into))))
 }
 
+/// One message by id.
+pub(super) async fn message_by_id(
+    conn: &mut AnyConnection,
+    id: i64,
+) -> Result<Option<StoredMessage>> {
+    let row: Option<MessageRow> =
+        sqlx::query_as(&format!("SELECT {MSG_COLS} FROM messages WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(Into::into))
+}
+
+/// Starts a turn (see the module's head); written by the group-commit writer.
 pub async fn begin_turn(db: &Db, t: BeginTurn) -> Result<BeginOutcome> {
+    // A retransmitted message is answered from what is stored, before anything is locked or
+    // reserved (a read, off the writer; the writer catches the rare race of two devices).
     if let Some(cid) = &t.user_message.client_msg_id {
-        if let Some((u, a)) = find_by_client_id(db, t.conversation_id, cid).await? {
+        let mut conn = db.write.acquire().await?;
+        if let Some((u, a)) = find_by_client_id(&mut conn, t.conversation_id, cid).await? {
             return Ok(BeginOutcome::Duplicate {
                 user_message: u,
                 assistant_message: a,
             });
         }
     }
-    let now = now_ms();
-    let mut tx = db.begin_write().await?;
-    lock_user(&mut tx, t.user_id).await?;
-    let locked = sqlx::query(
-        "UPDATE conversations SET last_seq = last_seq + 1, turn_id = ?, turn_node = ?, turn_expires = ?, updated_at = ? \
-         WHERE id = ? AND user_id = ? AND deleted_at IS NULL AND (turn_id IS NULL OR turn_expires < ?)",
-    )
-    .bind(t.turn_id)
-    .bind(&t.node_id)
-    .bind(now + t.lock_ms)
-    .bind(now)
-    .bind(t.conversation_id)
-    .bind(t.user_id)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if locked == 0 {
-        tx.rollback().await?;
-        let exists: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM conversations WHERE id = ? AND user_id = ? AND deleted_at IS NULL",
-        )
-        .bind(t.conversation_id)
-        .bind(t.user_id)
-        .fetch_optional(&db.write)
-        .await?;
-        return Ok(if exists.is_some() {
-            BeginOutcome::Busy
-        } else {
-            BeginOutcome::NotFound
-        });
-    }
-    let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
-        .bind(t.conversation_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let reservation = super::ledger::reserve_in_tx(
-        &mut tx,
-        t.user_id,
-        t.reserve,
-        &t.node_id,
-        &t.turn_id.to_string(),
-        now,
-        t.lock_ms,
-    )
-    .await?;
-    let Some(reservation_id) = reservation else {
-        tx.rollback().await?;
-        return Ok(BeginOutcome::InsufficientCredits);
-    };
-    let mut m = t.user_message;
-    m.seq = seq;
-    let inserted = insert_message(&mut tx, &m).await;
-    if let Err(e) = inserted {
-        tx.rollback().await?;
-        if let (Error::Conflict(_), Some(cid)) = (&e, &m.client_msg_id) {
-            // The same client id raced in from another device: answer with what was stored.
-            if let Some((u, a)) = find_by_client_id(db, m.conversation_id, cid).await? {
-                return Ok(BeginOutcome::Duplicate {
-                    user_message: u,
-                    assistant_message: a,
-                });
-            }
-        }
-        return Err(e);
-    }
-    tx.commit().await?;
-    Ok(BeginOutcome::Started {
-        user_message: m,
-        reservation_id,
-    })
+    db.writer.begin_turn(t).await
 }
 
-/// Takes the user's row lock first (a write, so also SQLite's write lock). Updating a
-/// conversation's `updated_at` makes MySQL check its foreign key, which takes a shared lock on
-/// the user's row; two turns of one user that then both want the row for their credits would
-/// deadlock. Locking the user first orders every turn transaction the same way.
-async fn lock_user(tx: &mut sqlx::Transaction<'static, sqlx::Any>, user_id: i64) -> Result<()> {
-    sqlx::query("UPDATE users SET reserved = reserved WHERE id = ?")
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn insert_message(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    m: &StoredMessage,
-) -> Result<()> {
-    sqlx::query(&format!(
-        "INSERT INTO messages ({MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
-    .bind(m.id)
-    .bind(m.conversation_id)
-    .bind(m.seq)
-    .bind(&m.role)
-    .bind(&m.content)
-    .bind(&m.status)
-    .bind(&m.model)
-    .bind(m.usage.prompt_tokens)
-    .bind(m.usage.completion_tokens)
-    .bind(m.credits_charged)
-    .bind(&m.client_msg_id)
-    .bind(m.created_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
+/// Ends a turn (see the module's head); written by the group-commit writer.
 pub async fn finish_turn(db: &Db, t: FinishTurn) -> Result<FinishOutcome> {
-    let now = now_ms();
-    let mut tx = db.begin_write().await?;
-    lock_user(&mut tx, t.user_id).await?;
-    sqlx::query(
-        "UPDATE conversations SET last_seq = last_seq + 1, turn_id = NULL, turn_node = NULL, turn_expires = NULL, updated_at = ? WHERE id = ?",
-    )
-    .bind(now)
-    .bind(t.conversation_id)
-    .execute(&mut *tx)
-    .await?;
-    let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
-        .bind(t.conversation_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    // Release first, then charge: the charge may use what the reservation held, never more
-    // than leaves other open reservations covered (credits >= reserved at all times).
-    super::ledger::release_in_tx(&mut tx, t.reservation_id, t.user_id, t.reserved).await?;
-    let mut m = t.assistant;
-    m.seq = seq;
-    let (charge, balance) =
-        super::ledger::charge_in_tx(&mut tx, t.user_id, t.charge, t.kind, &m.id.to_string(), now)
-            .await?;
-    m.credits_charged = charge;
-    insert_message(&mut tx, &m).await?;
-    let status = match m.status.as_str() {
-        "complete" => "ok",
-        "cancelled" => "cancelled",
-        _ => "failed",
-    };
-    insert_usage(
-        &mut tx,
-        UsageRow {
-            user_id: t.user_id,
-            kind: t.kind,
-            model: &m.model,
-            api_key_id: None,
-            prompt_tokens: m.usage.prompt_tokens,
-            completion_tokens: m.usage.completion_tokens,
-            credits: charge,
-            latency_ms: t.latency_ms,
-            status,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(FinishOutcome {
-        assistant: m,
-        charged: charge,
-        balance,
-    })
-}
-
-pub struct UsageRow<'a> {
-    pub user_id: i64,
-    pub kind: &'a str,
-    pub model: &'a str,
-    pub api_key_id: Option<i64>,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub credits: i64,
-    pub latency_ms: i64,
-    pub status: &'a str,
-}
-
-pub async fn insert_usage(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    u: UsageRow<'_>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO usage_logs (id, user_id, kind, model, api_key_id, prompt_tokens, completion_tokens, credits, latency_ms, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(crate::ids::next_id())
-    .bind(u.user_id)
-    .bind(u.kind)
-    .bind(u.model)
-    .bind(u.api_key_id)
-    .bind(u.prompt_tokens)
-    .bind(u.completion_tokens)
-    .bind(u.credits)
-    .bind(u.latency_ms)
-    .bind(u.status)
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    db.writer.finish_turn(t).await
 }
 
 /// Undoes a turn lost to a crash: frees the conversation's lock and releases the turn's

@@ -108,47 +108,6 @@ pub async fn balance_check(db: &Db, user_id: i64) -> Result<(i64, i64)> {
     Ok((credits, sum))
 }
 
-/// Inside a settlement transaction (after the turn's own reservation was released): charges
-/// `cost`, clamped so that the balance covers the other open reservations (`credits >= reserved`
-/// at all times, so never below zero), with one ledger row. Returns `(charged, balance)`.
-pub async fn charge_in_tx(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    user_id: i64,
-    cost: i64,
-    reason: &str,
-    ref_id: &str,
-    now: i64,
-) -> Result<(i64, i64)> {
-    let (credits, reserved): (i64, i64) =
-        sqlx::query_as("SELECT credits, reserved FROM users WHERE id = ?")
-            .bind(user_id)
-            .fetch_one(&mut **tx)
-            .await?;
-    let charge = cost.clamp(0, (credits - reserved).max(0));
-    let balance = credits - charge;
-    if charge > 0 {
-        sqlx::query("UPDATE users SET credits = credits - ?, updated_at = ? WHERE id = ?")
-            .bind(charge)
-            .bind(now)
-            .bind(user_id)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO credit_ledger (id, user_id, delta, balance_after, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
-        )
-        .bind(crate::ids::next_id())
-        .bind(user_id)
-        .bind(-charge)
-        .bind(balance)
-        .bind(reason)
-        .bind(ref_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok((charge, balance))
-}
-
 /// Releases a reservation (if still open) inside a transaction; returns whether it was open.
 /// Deleting the row is the guard: a reservation is given back exactly once.
 pub async fn release_in_tx(
@@ -170,44 +129,4 @@ pub async fn release_in_tx(
             .await?;
     }
     Ok(gone > 0)
-}
-
-/// Inside a transaction: reserves `amount` of the user's spendable balance (credits minus open
-/// reservations) under a `credit_reservations` row owned by `node_id`, expiring after `ttl_ms`.
-/// `None`: the balance cannot cover it (nothing written).
-pub async fn reserve_in_tx(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    user_id: i64,
-    amount: i64,
-    node_id: &str,
-    ref_id: &str,
-    now: i64,
-    ttl_ms: i64,
-) -> Result<Option<i64>> {
-    let reserved = sqlx::query(
-        "UPDATE users SET reserved = reserved + ? WHERE id = ? AND credits - reserved >= ?",
-    )
-    .bind(amount)
-    .bind(user_id)
-    .bind(amount)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if reserved == 0 {
-        return Ok(None);
-    }
-    let id = crate::ids::next_id();
-    sqlx::query(
-        "INSERT INTO credit_reservations (id, user_id, amount, node_id, ref_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(user_id)
-    .bind(amount)
-    .bind(node_id)
-    .bind(ref_id)
-    .bind(now)
-    .bind(now + ttl_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok(Some(id))
 }

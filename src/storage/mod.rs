@@ -15,6 +15,7 @@ pub mod models;
 pub mod sessions;
 pub mod usage;
 pub mod users;
+pub mod writer;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -55,12 +56,22 @@ impl Dialect {
 }
 
 /// The database: a write pool, a read pool (the replica when `DATABASE_READ_URL` is set, else the
-/// write pool again) and the dialect.
+/// write pool again), the dialect, and the group-commit writer of the hot write paths.
 #[derive(Clone, Debug)]
 pub struct Db {
     pub write: AnyPool,
     pub read: AnyPool,
     pub dialect: Dialect,
+    pub writer: writer::Writer,
+}
+
+/// Group-commit writer tasks: SQLite has one writer per database; on MySQL a few let a batch
+/// of one user's shard commit while another's is being applied.
+fn writer_shards(dialect: Dialect) -> usize {
+    match dialect {
+        Dialect::Sqlite => 1,
+        Dialect::MySql => 4,
+    }
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -78,6 +89,7 @@ impl Db {
             None => write.clone(),
         };
         Ok(Db {
+            writer: writer::Writer::spawn(write.clone(), dialect, writer_shards(dialect)),
             write,
             read,
             dialect,

@@ -2,19 +2,21 @@
 //! (SPEC §5 `GET /user/usage`, §6 reserve-then-settle).
 //!
 //! `reserve` holds the call's maximum cost before anything goes upstream; `settle` releases it
-//! and charges the actual cost with its ledger row and usage log, all in one transaction. No
+//! and charges the actual cost with its ledger row and usage log, all in one transaction (shared
+//! with whatever else commits at that moment: see `storage::writer`). No
 //! transaction is open between the two (never across an LLM call).
 
 use serde::Serialize;
 use sqlx::FromRow;
 
+pub use super::writer::Settled;
+use super::writer::{ReserveOp, SettleOp};
 use super::{Db, Page};
 use crate::error::Result;
-use crate::time::now_ms;
 
 /// Reserves `amount` credits of the user's spendable balance (credits minus open
 /// reservations) under a `credit_reservations` row owned by this node. `None`: the balance
-/// cannot cover it, nothing changed.
+/// cannot cover it, nothing changed. Written by the group-commit writer.
 pub async fn reserve(
     db: &Db,
     user_id: i64,
@@ -23,24 +25,15 @@ pub async fn reserve(
     ref_id: &str,
     ttl_ms: i64,
 ) -> Result<Option<i64>> {
-    let now = now_ms();
-    let mut tx = db.begin_write().await?;
-    let Some(id) = super::ledger::reserve_in_tx(
-        &mut tx,
-        user_id,
-        amount.max(0),
-        node_id,
-        ref_id,
-        now,
-        ttl_ms,
-    )
-    .await?
-    else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    tx.commit().await?;
-    Ok(Some(id))
+    db.writer
+        .reserve(ReserveOp {
+            user_id,
+            amount,
+            node_id: node_id.to_owned(),
+            ref_id: ref_id.to_owned(),
+            ttl_ms,
+        })
+        .await
 }
 
 /// The end of a one-shot call.
@@ -64,40 +57,28 @@ pub struct Settle<'a> {
     pub status: &'a str,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settled {
-    pub charged: i64,
-    pub balance: i64,
-}
-
-/// Releases the reservation (if still open), charges `min(charge, credits - reserved)` with one
-/// ledger row, and writes one usage row — all or nothing.
+/// Releases the reservation, charges `min(charge, credits - reserved)` with one ledger row, and
+/// writes one usage row — all or nothing, and only while the reservation is still open: a
+/// settlement retried after a commit of unknown outcome never charges twice. Written by the
+/// group-commit writer.
 pub async fn settle(db: &Db, s: &Settle<'_>) -> Result<Settled> {
-    let now = now_ms();
-    let mut tx = db.begin_write().await?;
-    super::ledger::release_in_tx(&mut tx, s.reservation_id, s.user_id, s.reserved).await?;
-    let (charge, balance) =
-        super::ledger::charge_in_tx(&mut tx, s.user_id, s.charge, s.reason, s.ref_id, now).await?;
-    super::chat::insert_usage(
-        &mut tx,
-        super::chat::UsageRow {
+    db.writer
+        .settle(SettleOp {
             user_id: s.user_id,
-            kind: s.kind,
-            model: s.model,
+            reservation_id: s.reservation_id,
+            reserved: s.reserved,
+            charge: s.charge,
+            reason: s.reason.to_owned(),
+            kind: s.kind.to_owned(),
+            ref_id: s.ref_id.to_owned(),
+            model: s.model.to_owned(),
             api_key_id: s.api_key_id,
             prompt_tokens: s.prompt_tokens,
             completion_tokens: s.completion_tokens,
-            credits: charge,
             latency_ms: s.latency_ms,
-            status: s.status,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Settled {
-        charged: charge,
-        balance,
-    })
+            status: s.status.to_owned(),
+        })
+        .await
 }
 
 /// Gives a reservation back without charging anything or logging usage (the call never

@@ -27,6 +27,7 @@ mod cli;
 mod content;
 mod credits;
 mod errors;
+mod group_commit;
 mod health;
 mod ops;
 mod shutdown;
