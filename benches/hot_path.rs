@@ -313,7 +313,7 @@ fn context(c: &mut Criterion) {
         let content = format!("Turn {i}: {}", "some earlier words of the chat ".repeat(8));
         ChatMessage {
             role: role.into(),
-            content,
+            content: content.into(),
         }
     };
     let raw: Vec<ChatMessage> = (0..200).map(turn).collect();

@@ -263,8 +263,8 @@ impl ConvState {
                     let t = tokens::count(&m.content) + 4;
                     (
                         ChatMessage {
-                            role: m.role,
-                            content: m.content,
+                            role: m.role.into(),
+                            content: m.content.into(),
                         },
                         t,
                     )
@@ -607,7 +607,7 @@ impl ConvState {
             l.history.push_back((
                 ChatMessage {
                     role: "user".into(),
-                    content: turn.user_content,
+                    content: turn.user_content.into(),
                 },
                 t,
             ));
@@ -615,7 +615,7 @@ impl ConvState {
                 l.history.push_back((
                     ChatMessage {
                         role: "assistant".into(),
-                        content: turn.text.clone(),
+                        content: turn.text.as_str().into(),
                     },
                     completion_local + 4,
                 ));
@@ -690,7 +690,7 @@ pub fn build_context(
         used += tokens::count(sp) + 4;
         messages.push(ChatMessage {
             role: "system".into(),
-            content: sp.to_owned(),
+            content: sp.into(),
         });
     }
     let mut take = 0;
@@ -709,7 +709,7 @@ pub fn build_context(
     );
     messages.push(ChatMessage {
         role: "user".into(),
-        content: content.to_owned(),
+        content: content.into(),
     });
     (messages, used)
 }
@@ -740,12 +740,12 @@ mod tests {
             .collect();
         let (all, used_all) = build_context(&history, Some("be brief"), "hello", 100_000);
         assert_eq!(all.len(), 52);
-        assert_eq!(all[0].role, "system");
-        assert_eq!(all.last().map(|m| m.content.as_str()), Some("hello"));
+        assert_eq!(&*all[0].role, "system");
+        assert_eq!(all.last().map(|m| &*m.content), Some("hello"));
         let (few, used_few) = build_context(&history, Some("be brief"), "hello", 60);
         assert!(used_few <= 60 && used_few < used_all);
         assert_eq!(
-            few[0].content, "be brief",
+            &*few[0].content, "be brief",
             "the system prompt is always kept"
         );
         // What is kept is the newest turns, in order.
@@ -754,7 +754,7 @@ mod tests {
             .map(|m| m.content.clone())
             .collect();
         assert!(!kept.is_empty());
-        assert_eq!(kept.last().map(String::as_str), Some("turn number 49"));
+        assert_eq!(kept.last().map(|k| &**k), Some("turn number 49"));
         // A budget smaller than the prompt itself still sends the system prompt and message.
         let (min, _) = build_context(&history, Some("be brief"), "hello", 1);
         assert_eq!(min.len(), 2);

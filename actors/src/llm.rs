@@ -5,13 +5,16 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-/// One message of a chat context.
+/// One message of a chat context. Shared strings: a conversation's history is handed to every
+/// turn's request (and its fallbacks) without copying the texts.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
+    pub role: Arc<str>,
+    pub content: Arc<str>,
 }
 
 /// Token usage as reported by a provider (or counted locally when it reports none).

@@ -99,11 +99,12 @@ async fn translate(
                 "You are a translation engine. Translate the user's message into {lang}. \
                  Reply with the translation only: no notes, no quotes, no explanations. \
                  Keep formatting, names and numbers as they are."
-            ),
+            )
+            .into(),
         },
         ChatMessage {
             role: "user".into(),
-            content: body.text,
+            content: body.text.into(),
         },
     ];
     Ok(Json(one_shot(&state, &user, messages).await?))
@@ -134,11 +135,12 @@ async fn summarize(
             content: format!(
                 "You summarize texts. Summarize the user's message in at most {max_words} words, \
                  in the language it is written in. Reply with the summary only."
-            ),
+            )
+            .into(),
         },
         ChatMessage {
             role: "user".into(),
-            content: body.text,
+            content: body.text.into(),
         },
     ];
     Ok(Json(one_shot(&state, &user, messages).await?))

@@ -284,8 +284,8 @@ fn validate(body: CompletionRequest) -> Result<Valid> {
         };
         let content = content_text(i, role, m.content.as_ref())?;
         messages.push(ChatMessage {
-            role: role.to_owned(),
-            content,
+            role: role.into(),
+            content: content.into(),
         });
     }
     let max_tokens = match (body.max_completion_tokens, body.max_tokens) {
@@ -366,11 +366,12 @@ async fn count_messages(messages: &[ChatMessage]) -> Result<u64> {
         .map_err(Error::internal)
 }
 
-async fn count_text(text: String) -> u64 {
+async fn count_text(text: &str) -> u64 {
     if text.len() <= INLINE_TOKENIZE_BYTES {
-        return tokens::count(&text);
+        return tokens::count(text);
     }
     let len = text.len() as u64;
+    let text = text.to_owned();
     tokio::task::spawn_blocking(move || tokens::count(&text))
         .await
         .unwrap_or_else(|_| len.div_ceil(4))
@@ -810,19 +811,15 @@ async fn lifecycle(
     };
     let ended = Instant::now();
     let delivered = !text.is_empty();
-    let completion_local = if delivered {
-        count_text(text.clone()).await
-    } else {
-        0
-    };
     // SPEC §6: a complete call costs the provider's count (or ours) with `per_request`; a call
     // that broke after content costs its prompt and what was delivered; one that failed before
-    // any content costs nothing.
+    // any content costs nothing. Our own count of the completion is only made when the
+    // provider's is missing or does not cover what was delivered.
     let (prompt, completion) = match (status, reported) {
         ("ok", Some(u)) => (u.prompt_tokens, u.completion_tokens),
-        (_, Some(u)) if delivered => (u.prompt_tokens, completion_local),
-        ("ok", None) => (call.prompt_local, completion_local),
-        _ if delivered => (call.prompt_local, completion_local),
+        (_, Some(u)) if delivered => (u.prompt_tokens, count_text(&text).await),
+        ("ok", None) => (call.prompt_local, count_text(&text).await),
+        _ if delivered => (call.prompt_local, count_text(&text).await),
         _ => (0, 0),
     };
     let charge = match status {

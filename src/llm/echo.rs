@@ -33,7 +33,7 @@ pub fn reply_text(req: &ChatRequest) -> String {
         .messages
         .iter()
         .rev()
-        .find(|m| m.role == "user")
+        .find(|m| &*m.role == "user")
         .map(|m| m.content.trim())
         .filter(|c| !c.is_empty());
     format!("Echo: {}", last_user.unwrap_or("(empty)"))

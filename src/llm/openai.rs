@@ -66,29 +66,42 @@ pub fn build_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// The JSON body of a streaming chat-completions request.
-pub fn request_body(req: &ChatRequest) -> serde_json::Value {
-    let mut body = serde_json::json!({
-        "model": req.model,
-        "messages": req.messages,
-        "stream": true,
-        "stream_options": { "include_usage": true },
-    });
-    if let Some(obj) = body.as_object_mut() {
-        if let Some(n) = req.max_tokens {
-            obj.insert("max_tokens".into(), n.into());
-        }
-        if let Some(t) = req.temperature {
-            obj.insert("temperature".into(), t.into());
-        }
-        if let Some(p) = req.top_p {
-            obj.insert("top_p".into(), p.into());
-        }
-        if !req.stop.is_empty() {
-            obj.insert("stop".into(), req.stop.clone().into());
-        }
+/// The JSON body of a streaming chat-completions request, serialized straight from the
+/// request's messages (no intermediate `Value` tree: a long context is not copied twice).
+#[derive(serde::Serialize)]
+pub struct RequestBody<'a> {
+    model: &'a str,
+    messages: &'a [questech_actors::llm::ChatMessage],
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+pub fn request_body(req: &ChatRequest) -> RequestBody<'_> {
+    RequestBody {
+        model: &req.model,
+        messages: &req.messages,
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
+        max_tokens: req.max_tokens,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        stop: &req.stop,
     }
-    body
 }
 
 impl Provider for OpenAiCompatible {
@@ -440,7 +453,7 @@ mod tests {
     #[test]
     fn body_has_the_openai_shape() {
         let mut r = req();
-        let b = request_body(&r);
+        let b = serde_json::to_value(request_body(&r)).unwrap();
         assert_eq!(b["model"], "gpt-test");
         assert_eq!(b["stream"], true);
         assert_eq!(b["stream_options"]["include_usage"], true);
@@ -453,7 +466,7 @@ mod tests {
         r.temperature = Some(0.5);
         r.top_p = Some(0.9);
         r.stop = vec!["\n\n".into()];
-        let b = request_body(&r);
+        let b = serde_json::to_value(request_body(&r)).unwrap();
         assert_eq!(b["max_tokens"], 50);
         assert_eq!(b["temperature"], 0.5);
         assert_eq!(b["top_p"], 0.9);

@@ -202,7 +202,11 @@ async fn run(pool: AnyPool, dialect: Dialect, mut rx: mpsc::Receiver<Pending>, s
         let c = match conn.take() {
             Some(c) => c,
             None => match pool.acquire().await {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    // A long-lived connection of its own; never handed back mid-transaction.
+                    c.close_on_drop();
+                    c
+                }
                 Err(e) => {
                     let msg = format!("no database connection: {e}");
                     for p in batch.drain(..) {
