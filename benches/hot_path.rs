@@ -386,12 +386,81 @@ fn sse(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- storage ------------------------------------------------------------------------------------
+
+/// The group-commit writer on SQLite: one `/v1` call's two writes (reserve, then settle) alone,
+/// and 32 calls' writes at once (what 32 concurrent requests do; they share commits).
+fn storage(c: &mut Criterion) {
+    use questech::storage::{usage, users};
+    let rt = rt();
+    let (state, dir) = bench_state(&rt);
+    let db = state.db.clone();
+    let ids: Vec<i64> = (0..32)
+        .map(|i| {
+            let id = questech::ids::next_id();
+            let name = format!("bench{i}");
+            rt.block_on(users::create(
+                &db,
+                users::NewUser {
+                    id,
+                    username: &name,
+                    password_hash: None,
+                    nickname: &name,
+                    role: "user",
+                    phone_enc: None,
+                    phone_hash: None,
+                    apple_sub: None,
+                    signup_bonus: 1_000_000_000,
+                },
+            ))
+            .unwrap();
+            id
+        })
+        .collect();
+    // Each call has its own id: the ledger keeps one charge per (user, reason, call).
+    let call = |db: questech::storage::Db, user_id: i64| async move {
+        let call_id = questech::ids::next_id().to_string();
+        let r = usage::reserve(&db, user_id, 10, "bench", &call_id, 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let s = usage::Settle {
+            user_id,
+            reservation_id: r,
+            reserved: 10,
+            charge: 1,
+            reason: "api",
+            kind: "v1",
+            ref_id: &call_id,
+            model: "m",
+            api_key_id: None,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            latency_ms: 1,
+            status: "ok",
+        };
+        usage::settle(&db, &s).await.unwrap()
+    };
+    let mut g = c.benchmark_group("storage");
+    g.bench_function("v1_reserve_and_settle_alone", |b| {
+        b.to_async(&rt).iter(|| call(db.clone(), ids[0]))
+    });
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("v1_reserve_and_settle_32_at_once", |b| {
+        b.to_async(&rt)
+            .iter(|| futures::future::join_all(ids.iter().map(|&id| call(db.clone(), id))))
+    });
+    g.finish();
+    drop(state);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(30);
-    targets = frames, auth, actors, token_counting, context, sse
+    targets = frames, auth, actors, token_counting, context, sse, storage
 }
 criterion_main!(benches);
