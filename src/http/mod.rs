@@ -173,7 +173,19 @@ pub fn router(state: AppState) -> Router {
                 ),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(axum::middleware::map_request(stamp))
         .with_state(state)
+}
+
+/// When the request entered the router (its outermost layer), for `X-Questech-Overhead-Ms`:
+/// the engine's own time includes every layer, not only the route's handler.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestStart(pub std::time::Instant);
+
+async fn stamp(mut req: Request<axum::body::Body>) -> Request<axum::body::Body> {
+    req.extensions_mut()
+        .insert(RequestStart(std::time::Instant::now()));
+    req
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

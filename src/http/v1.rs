@@ -146,7 +146,10 @@ struct UpstreamTiming {
 }
 
 async fn overhead(req: Request, next: Next) -> Response {
-    let start = Instant::now();
+    let start = req
+        .extensions()
+        .get::<crate::http::RequestStart>()
+        .map_or_else(Instant::now, |s| s.0);
     let mut res = next.run(req).await;
     let own = match res.extensions().get::<UpstreamTiming>() {
         Some(UpstreamTiming {
