@@ -4,7 +4,8 @@
 //! `seq`, stores it and reserves the turn's maximum cost — all or nothing. `finish_turn` stores
 //! the assistant message with the next `seq`, releases the reservation, charges the actual
 //! cost with its ledger row and usage log, and frees the lock — all or nothing. Between the two
-//! no transaction is open (never across an LLM call).
+//! no transaction is open (never across an LLM call). Both are applied by the group-commit
+//! writer (`storage::writer`), sharing a transaction with whatever else commits at that moment.
 
 use serde::Serialize;
 use sqlx::{AnyConnection, FromRow};
