@@ -94,23 +94,12 @@ pub struct Settled {
     pub balance: i64,
 }
 
-enum Op {
-    Reserve(ReserveOp),
-    Settle(SettleOp),
-    Begin(BeginTurn),
-    Finish(FinishTurn),
-}
-
-enum Reply {
-    Reserve(oneshot::Sender<Result<Option<i64>>>),
-    Settle(oneshot::Sender<Result<Settled>>),
-    Begin(oneshot::Sender<Result<BeginOutcome>>),
-    Finish(oneshot::Sender<Result<FinishOutcome>>),
-}
-
-struct Pending {
-    op: Op,
-    reply: Reply,
+/// A queued operation with the channel its caller awaits the answer on.
+enum Pending {
+    Reserve(ReserveOp, oneshot::Sender<Result<Option<i64>>>),
+    Settle(SettleOp, oneshot::Sender<Result<Settled>>),
+    Begin(BeginTurn, oneshot::Sender<Result<BeginOutcome>>),
+    Finish(FinishTurn, oneshot::Sender<Result<FinishOutcome>>),
 }
 
 /// What applying an operation decided; turned into the caller's answer after the commit
@@ -157,16 +146,11 @@ impl Writer {
     async fn submit<T>(
         &self,
         user_id: i64,
-        op: Op,
-        reply: impl FnOnce(oneshot::Sender<Result<T>>) -> Reply,
+        pending: impl FnOnce(oneshot::Sender<Result<T>>) -> Pending,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let shard = &self.shards[user_id.unsigned_abs() as usize % self.shards.len()];
-        let pending = Pending {
-            op,
-            reply: reply(tx),
-        };
-        if shard.send(pending).await.is_err() {
+        if shard.send(pending(tx)).await.is_err() {
             return Err(Error::Internal(anyhow::anyhow!(
                 "the database writer stopped"
             )));
@@ -176,20 +160,19 @@ impl Writer {
     }
 
     pub async fn reserve(&self, op: ReserveOp) -> Result<Option<i64>> {
-        self.submit(op.user_id, Op::Reserve(op), Reply::Reserve)
-            .await
+        self.submit(op.user_id, |tx| Pending::Reserve(op, tx)).await
     }
 
     pub async fn settle(&self, op: SettleOp) -> Result<Settled> {
-        self.submit(op.user_id, Op::Settle(op), Reply::Settle).await
+        self.submit(op.user_id, |tx| Pending::Settle(op, tx)).await
     }
 
     pub async fn begin_turn(&self, t: BeginTurn) -> Result<BeginOutcome> {
-        self.submit(t.user_id, Op::Begin(t), Reply::Begin).await
+        self.submit(t.user_id, |tx| Pending::Begin(t, tx)).await
     }
 
     pub async fn finish_turn(&self, t: FinishTurn) -> Result<FinishOutcome> {
-        self.submit(t.user_id, Op::Finish(t), Reply::Finish).await
+        self.submit(t.user_id, |tx| Pending::Finish(t, tx)).await
     }
 }
 
@@ -308,7 +291,7 @@ async fn write_batch(
 /// The answer to an operation that failed alone (its transaction is rolled back). A user
 /// message whose `client_msg_id` raced in from another device is a duplicate, not an error.
 async fn single_failure(conn: &mut AnyConnection, p: &Pending, e: Error) -> Result<Applied> {
-    if let (Error::Conflict(_), Op::Begin(t)) = (&e, &p.op) {
+    if let (Error::Conflict(_), Pending::Begin(t, _)) = (&e, p) {
         if let Some(cid) = &t.user_message.client_msg_id {
             if let Some((u, a)) =
                 super::chat::find_by_client_id(conn, t.conversation_id, cid).await?
@@ -351,7 +334,7 @@ async fn attempt(
     let mut applied = Vec::with_capacity(batch.len());
     let mut result = Ok(());
     for p in batch {
-        match apply(conn, dialect, &p.op, now, &mut rows).await {
+        match apply(conn, dialect, p, now, &mut rows).await {
             Ok(a) => applied.push(a),
             Err(e) => {
                 result = Err(e);
@@ -379,23 +362,23 @@ impl Pending {
         self.answer(Err(Error::Internal(anyhow::anyhow!("{msg}"))));
     }
 
-    /// Sends the caller its answer (moving the operation's message into it).
+    /// Sends the caller its answer (moving the operation's message into it). A caller that
+    /// went away no longer needs its answer; what was written stands.
     fn answer(self, a: Result<Applied>) {
-        // A caller that went away no longer needs its answer; what was written stands.
-        match (self.reply, self.op) {
-            (Reply::Reserve(tx), _) => {
+        match self {
+            Pending::Reserve(_, tx) => {
                 let _ = tx.send(a.and_then(|a| match a {
                     Applied::Reserved(r) => Ok(r),
                     _ => Err(mismatch()),
                 }));
             }
-            (Reply::Settle(tx), _) => {
+            Pending::Settle(_, tx) => {
                 let _ = tx.send(a.and_then(|a| match a {
                     Applied::Settled(s) => Ok(s),
                     _ => Err(mismatch()),
                 }));
             }
-            (Reply::Begin(tx), Op::Begin(t)) => {
+            Pending::Begin(t, tx) => {
                 let _ = tx.send(a.and_then(|a| match a {
                     Applied::Started {
                         seq,
@@ -412,7 +395,7 @@ impl Pending {
                     _ => Err(mismatch()),
                 }));
             }
-            (Reply::Finish(tx), Op::Finish(t)) => {
+            Pending::Finish(t, tx) => {
                 let _ = tx.send(a.and_then(|a| match a {
                     Applied::Finished {
                         seq,
@@ -432,12 +415,6 @@ impl Pending {
                     _ => Err(mismatch()),
                 }));
             }
-            (Reply::Begin(tx), _) => {
-                let _ = tx.send(Err(mismatch()));
-            }
-            (Reply::Finish(tx), _) => {
-                let _ = tx.send(Err(mismatch()));
-            }
         }
     }
 }
@@ -451,12 +428,12 @@ fn mismatch() -> Error {
 async fn apply<'a>(
     conn: &mut AnyConnection,
     dialect: Dialect,
-    op: &'a Op,
+    op: &'a Pending,
     now: i64,
     rows: &mut Rows<'a>,
 ) -> Result<Applied> {
     match op {
-        Op::Reserve(r) => {
+        Pending::Reserve(r, _) => {
             let id = reserve(conn, r.user_id, r.amount.max(0)).await?.then(|| {
                 rows.reservation(
                     r.user_id,
@@ -469,9 +446,9 @@ async fn apply<'a>(
             });
             Ok(Applied::Reserved(id))
         }
-        Op::Settle(s) => settle(conn, dialect, s, now, rows).await,
-        Op::Begin(t) => begin(conn, t, now, rows).await,
-        Op::Finish(t) => finish(conn, dialect, t, now, rows).await,
+        Pending::Settle(s, _) => settle(conn, dialect, s, now, rows).await,
+        Pending::Begin(t, _) => begin(conn, t, now, rows).await,
+        Pending::Finish(t, _) => finish(conn, dialect, t, now, rows).await,
     }
 }
 
@@ -509,13 +486,14 @@ async fn lock_balance(
         .ok_or_else(|| Error::NotFound("user".into()))
 }
 
-/// Releases the reservation (if still open) and charges `cost`, clamped so that the balance
+/// With the user's `(credits, reserved)` as locked by [`lock_balance`] in this transaction:
+/// releases the reservation (if still open) and charges `cost`, clamped so that the balance
 /// covers the user's other open reservations (`credits >= reserved` always, so never below
-/// zero). Returns `(charged, balance)`; the ledger row is added when something was charged.
+/// zero). Returns `(open, charged, balance)`; the caller adds the ledger row.
 #[allow(clippy::too_many_arguments)]
 async fn release_and_charge(
     conn: &mut AnyConnection,
-    dialect: Dialect,
+    (credits, reserved): (i64, i64),
     user_id: i64,
     reservation_id: i64,
     reserved_amount: i64,
@@ -523,7 +501,6 @@ async fn release_and_charge(
     charge_when_released_only: bool,
     now: i64,
 ) -> Result<(bool, i64, i64)> {
-    let (credits, reserved) = lock_balance(conn, dialect, user_id).await?;
     let open = sqlx::query("DELETE FROM credit_reservations WHERE id = ?")
         .bind(reservation_id)
         .execute(&mut *conn)
@@ -559,9 +536,10 @@ async fn settle<'a>(
     now: i64,
     rows: &mut Rows<'a>,
 ) -> Result<Applied> {
+    let locked = lock_balance(conn, dialect, s.user_id).await?;
     let (open, charged, balance) = release_and_charge(
         conn,
-        dialect,
+        locked,
         s.user_id,
         s.reservation_id,
         s.reserved,
@@ -690,7 +668,7 @@ async fn finish<'a>(
     now: i64,
     rows: &mut Rows<'a>,
 ) -> Result<Applied> {
-    lock_balance(conn, dialect, t.user_id).await?;
+    let locked = lock_balance(conn, dialect, t.user_id).await?;
     let mine = sqlx::query(
         "UPDATE conversations SET last_seq = last_seq + 1, turn_id = NULL, turn_node = NULL, turn_expires = NULL, updated_at = ? WHERE id = ? AND turn_id = ?",
     )
@@ -702,11 +680,10 @@ async fn finish<'a>(
     .rows_affected();
     if mine == 0 {
         if let Some(stored) = super::chat::message_by_id(conn, t.assistant.id).await? {
-            let (credits, _) = lock_balance(conn, dialect, t.user_id).await?;
             return Ok(Applied::AlreadyFinished(FinishOutcome {
                 charged: stored.credits_charged,
                 assistant: stored,
-                balance: credits,
+                balance: locked.0,
             }));
         }
         // The lock was taken from this turn (expired, or undone after a crash): the reply is
@@ -725,7 +702,7 @@ async fn finish<'a>(
         .await?;
     let (_, charged, balance) = release_and_charge(
         conn,
-        dialect,
+        locked,
         t.user_id,
         t.reservation_id,
         t.reserved,
