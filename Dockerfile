@@ -17,6 +17,8 @@ ENV SQLX_OFFLINE=true \
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY actors ./actors
+# Workspace members (test and benchmark tools): Cargo reads every member's manifest.
+COPY tools ./tools
 # Embedded at compile time by sqlx::migrate!, and shipped to the runtime image below.
 COPY migrations ./migrations
 # Not needed by the binary, but Cargo reads every target of the workspace manifest.

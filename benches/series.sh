@@ -15,7 +15,7 @@ backend=${1:?usage: series.sh sqlite|mysql OUTDIR}
 out=$(mkdir -p "${2:?usage: series.sh sqlite|mysql OUTDIR}" && cd "$2" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-cargo build --release --bin questech --bin questech-bench --bin fake-upstream
+cargo build --release --workspace --bins
 qbin=${QBIN:-$root/target/release/questech}
 bench=$root/target/release/questech-bench
 secs=${QB_DURATION:-15}

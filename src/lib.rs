@@ -7,7 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod fake_upstream;
 pub mod http;
 pub mod llm;
 pub mod metrics;

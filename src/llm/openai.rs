@@ -409,8 +409,8 @@ fn full_completion_events(body: &[u8]) -> Result<Vec<StreamEvent>, ProviderError
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::fake_upstream::{self, Behavior};
     use questech_actors::llm::ChatMessage;
+    use questech_fake_upstream::{self as fake_upstream, Behavior};
 
     fn req() -> ChatRequest {
         ChatRequest {

@@ -10,9 +10,27 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// The built `questech-bench` (a binary of the `tools/bench` crate): next to this test binary's
+/// folder, where `cargo test --workspace` puts it (that crate has integration tests of its own,
+/// so cargo builds the binary before any test runs).
+fn bench_exe() -> std::path::PathBuf {
+    let me = std::env::current_exe().expect("test binary path");
+    let dir = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let exe = dir.join(format!("questech-bench{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        exe.exists(),
+        "{} not built: run `cargo test --workspace` (or `cargo build -p questech-bench`)",
+        exe.display()
+    );
+    exe
+}
+
 /// Runs the bench binary with `args`; returns (exit code, stdout, stderr).
 async fn bench(args: &[String]) -> (Option<i32>, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_questech-bench"));
+    let mut cmd = tokio::process::Command::new(bench_exe());
     cmd.args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);

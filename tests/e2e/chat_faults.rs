@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use questech::fake_upstream::{start as start_fake, Behavior};
+use questech_fake_upstream::{start as start_fake, Behavior};
 use reqwest::StatusCode;
 use serde_json::json;
 

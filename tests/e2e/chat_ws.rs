@@ -281,7 +281,7 @@ both!(ws_sync_ping_and_protocol_errors, |app| async move {
 });
 
 async fn ws_cancel(backend: Backend) {
-    use questech::fake_upstream::Behavior;
+    use questech_fake_upstream::Behavior;
     let behavior = Behavior {
         chunks: 40,
         chunk_gap: Duration::from_millis(150),

@@ -383,7 +383,7 @@ both!(admin_content_routes_need_an_admin, |app| async move {
 /// A conversation created from an agent sends the agent's system prompt to the agent's model;
 /// a normal user never sees the prompt.
 async fn agent_prompt_reaches_upstream(backend: Backend) {
-    let fake = questech::fake_upstream::start(questech::fake_upstream::Behavior::default())
+    let fake = questech_fake_upstream::start(questech_fake_upstream::Behavior::default())
         .await
         .expect("fake upstream");
     let Some(app) = spawn_app(

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use questech::fake_upstream::Behavior;
+use questech_fake_upstream::Behavior;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use questech::fake_upstream::Behavior;
 use questech_actors::conversation::ConvMsg;
+use questech_fake_upstream::Behavior;
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::common::*;
-use questech::fake_upstream::{self, Behavior};
+use questech_fake_upstream::{self as fake_upstream, Behavior};
 
 /// `(delta, reason, ref_id)` of the user's ledger rows, oldest first.
 async fn ledger_rows(app: &TestApp, uid: i64) -> Vec<(i64, String)> {

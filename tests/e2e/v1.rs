@@ -14,7 +14,7 @@ use async_openai::types::chat::{
     ChatCompletionStreamOptions, CreateChatCompletionRequestArgs, FinishReason,
 };
 use futures::StreamExt;
-use questech::fake_upstream::{self, Behavior, FakeUpstream};
+use questech_fake_upstream::{self as fake_upstream, Behavior, FakeUpstream};
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -249,10 +249,10 @@ macro_rules! both_backends {
 /// provider points at it (so `gpt-4o-mini` is enabled), plus `env`. `None` when skipped.
 pub async fn with_fake(
     backend: crate::common::Backend,
-    behavior: questech::fake_upstream::Behavior,
+    behavior: questech_fake_upstream::Behavior,
     env: &[(&str, &str)],
-) -> Option<(TestApp, questech::fake_upstream::FakeUpstream)> {
-    let fake = questech::fake_upstream::start(behavior)
+) -> Option<(TestApp, questech_fake_upstream::FakeUpstream)> {
+    let fake = questech_fake_upstream::start(behavior)
         .await
         .expect("start fake upstream");
     let mut all: Vec<(&str, &str)> = vec![

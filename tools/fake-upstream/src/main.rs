@@ -1,4 +1,4 @@
-//! `fake-upstream`: serves [`questech::fake_upstream`] (the fake OpenAI-compatible server the
+//! `fake-upstream`: serves [`questech_fake_upstream`] (the fake OpenAI-compatible server the
 //! tests use) as a standalone process, so a benchmarked Questech can be pointed at it with
 //! `OPENAI_BASE_URL=http://127.0.0.1:<port>/v1` and the upstream can be pinned to its own core.
 //!
@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use questech::fake_upstream::{self, Behavior};
+use questech_fake_upstream::{self as fake_upstream, Behavior};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,10 +88,32 @@ async fn run(args: Args) -> i32 {
         }
     };
     tokio::select! {
-        _ = questech::server::shutdown_signal() => {}
+        _ = shutdown_signal() => {}
         _ = stop_after => {}
     }
     eprintln!("fake-upstream: {} chat requests served", up.request_count());
     up.shutdown().await;
     0
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }

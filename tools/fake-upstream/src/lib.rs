@@ -1,6 +1,6 @@
 //! A fake OpenAI-compatible upstream server — **test and benchmark tooling**, not part of the
-//! product's request path. It lives in the library so that the end-to-end tests and the bench
-//! binary can both start one.
+//! product: a workspace crate of its own, so that the server's end-to-end tests, the load
+//! generator (`tools/bench`) and the `fake-upstream` binary can all start one.
 //!
 //! [`start`] serves on `127.0.0.1:<free port>`:
 //! - `POST /v1/chat/completions` (also `/chat/completions`): answers with OpenAI's exact chunk

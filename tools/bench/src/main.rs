@@ -17,15 +17,10 @@
 //! baseline the overhead is computed from. `--baseline-url` does the same against a fake (or
 //! any OpenAI-compatible server) that is already running. See docs/PERFORMANCE.md.
 
-#[path = "questech_bench/api.rs"]
 mod api;
-#[path = "questech_bench/idle.rs"]
 mod idle;
-#[path = "questech_bench/stats.rs"]
 mod stats;
-#[path = "questech_bench/v1.rs"]
 mod v1;
-#[path = "questech_bench/ws.rs"]
 mod ws;
 
 use std::path::PathBuf;
@@ -348,13 +343,13 @@ async fn run_inner(cli: Cli) -> Result<(), String> {
         .as_ref()
         .map(|u| u.trim_end_matches('/').to_owned());
     if common.with_fake_upstream {
-        let behavior = questech::fake_upstream::Behavior {
+        let behavior = questech_fake_upstream::Behavior {
             latency: Duration::from_millis(common.fake_latency_ms),
             chunks: common.fake_chunks,
             chunk_gap: Duration::from_millis(common.fake_chunk_gap_ms),
             ..Default::default()
         };
-        let up = questech::fake_upstream::start_on(common.fake_upstream_port, behavior)
+        let up = questech_fake_upstream::start_on(common.fake_upstream_port, behavior)
             .await
             .map_err(|e| format!("fake upstream on port {}: {e}", common.fake_upstream_port))?;
         eprintln!(
