@@ -424,20 +424,20 @@ fn storage(c: &mut Criterion) {
             .await
             .unwrap()
             .unwrap();
-        let s = usage::Settle {
+        let s = questech_actors::ports::SettleCall {
             user_id,
             reservation_id: r,
             reserved: 10,
             charge: 1,
-            reason: "api",
-            kind: "v1",
-            ref_id: &call_id,
-            model: "m",
+            ledger_reason: "api",
+            usage_kind: "v1",
+            ref_id: call_id,
+            model: "m".into(),
             api_key_id: None,
             prompt_tokens: 1,
             completion_tokens: 1,
             latency_ms: 1,
-            status: "ok",
+            status: questech_actors::meter::TurnStatus::Complete,
         };
         usage::settle(&db, &s).await.unwrap()
     };

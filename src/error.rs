@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use questech_actors::EngineError;
 use serde::Serialize;
 
 /// The error body every error response carries (for the OpenAPI document).
@@ -26,35 +27,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Malformed JSON or a failed validation; the message names the field.
-    #[error("{0}")]
-    InvalidRequest(String),
+    /// What the engine reports: bad input, missing things, limits, credits, models, the model
+    /// providers. Its code and message are the engine's ([`EngineError::code`]).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("{0}")]
     Unauthorized(String),
-    #[error("insufficient credits")]
-    InsufficientCredits,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
-    NotFound(String),
-    #[error("model not found: {0}")]
-    ModelNotFound(String),
-    #[error("{0}")]
     Conflict(String),
-    #[error("a turn is already in flight in this conversation")]
-    ConversationBusy,
     #[error("{0}")]
     PayloadTooLarge(String),
-    #[error("rate limited, retry after {retry_after} s")]
-    RateLimited { retry_after: u64 },
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A provider other than a model's (SMS, Sign in with Apple) failed; the message is shown.
     #[error("{0}")]
-    UpstreamError(String),
-    #[error("the model pool is overloaded, retry after {retry_after} s")]
-    Overloaded { retry_after: u64 },
-    #[error("the model did not answer in time")]
-    UpstreamTimeout,
+    AuthProvider(String),
     /// Anything else. The inner error is logged, never shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -73,87 +62,92 @@ struct Inner<'a> {
     code: &'a str,
 }
 
+/// The one table of SPEC §4: each code's HTTP status and OpenAI error `type` (so the OpenAI
+/// SDKs classify our errors as theirs).
+fn table(code: &str) -> (StatusCode, &'static str) {
+    match code {
+        "invalid_request" | "method_not_allowed" | "payload_too_large" | "conflict"
+        | "conversation_busy" => (
+            match code {
+                "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
+                "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                "conflict" | "conversation_busy" => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            "invalid_request_error",
+        ),
+        "unauthorized" => (StatusCode::UNAUTHORIZED, "authentication_error"),
+        "insufficient_credits" => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota"),
+        "forbidden" => (StatusCode::FORBIDDEN, "permission_error"),
+        "not_found" | "model_not_found" => (StatusCode::NOT_FOUND, "not_found_error"),
+        "rate_limited" => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        "upstream_error" => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        "overloaded" => (StatusCode::SERVICE_UNAVAILABLE, "upstream_error"),
+        "upstream_timeout" => (StatusCode::GATEWAY_TIMEOUT, "upstream_error"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+    }
+}
+
 impl Error {
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         Error::Internal(e.into())
     }
 
+    /// 400 `invalid_request` naming the field.
     pub fn invalid(field: &str, why: &str) -> Self {
-        Error::InvalidRequest(format!("{field}: {why}"))
+        Error::bad_request(format!("{field}: {why}"))
+    }
+
+    /// 400 `invalid_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::Engine(EngineError::InvalidRequest(message.into()))
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::Engine(EngineError::NotFound(message.into()))
+    }
+
+    /// 429 `rate_limited`.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        Error::Engine(EngineError::RateLimited { retry_after })
     }
 
     /// The spec's error code.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::InvalidRequest(_) => "invalid_request",
+            Error::Engine(e) => e.code(),
             Error::Unauthorized(_) => "unauthorized",
-            Error::InsufficientCredits => "insufficient_credits",
             Error::Forbidden(_) => "forbidden",
-            Error::NotFound(_) => "not_found",
-            Error::ModelNotFound(_) => "model_not_found",
             Error::Conflict(_) => "conflict",
-            Error::ConversationBusy => "conversation_busy",
             Error::PayloadTooLarge(_) => "payload_too_large",
-            Error::RateLimited { .. } => "rate_limited",
             Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::UpstreamError(_) => "upstream_error",
-            Error::Overloaded { .. } => "overloaded",
-            Error::UpstreamTimeout => "upstream_timeout",
+            Error::AuthProvider(_) => "upstream_error",
             Error::Internal(_) => "internal_error",
         }
     }
 
-    /// The OpenAI-style category (`type`), so OpenAI SDKs classify our errors as theirs.
+    /// The OpenAI-style category (`type`).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Error::InvalidRequest(_)
-            | Error::PayloadTooLarge(_)
-            | Error::MethodNotAllowed(_)
-            | Error::ConversationBusy
-            | Error::Conflict(_) => "invalid_request_error",
-            Error::Unauthorized(_) => "authentication_error",
-            Error::InsufficientCredits => "insufficient_quota",
-            Error::Forbidden(_) => "permission_error",
-            Error::NotFound(_) | Error::ModelNotFound(_) => "not_found_error",
-            Error::RateLimited { .. } => "rate_limit_error",
-            Error::UpstreamError(_) | Error::UpstreamTimeout | Error::Overloaded { .. } => {
-                "upstream_error"
-            }
-            Error::Internal(_) => "server_error",
-        }
+        table(self.code()).1
     }
 
     pub fn status(&self) -> StatusCode {
-        match self {
-            Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::NotFound(_) | Error::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            Error::Conflict(_) | Error::ConversationBusy => StatusCode::CONFLICT,
-            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::UpstreamError(_) => StatusCode::BAD_GATEWAY,
-            Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        table(self.code()).0
     }
 
     /// Seconds a client should wait, for the codes that carry `Retry-After`.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::RateLimited { retry_after } | Error::Overloaded { retry_after } => {
-                Some(*retry_after)
-            }
+            Error::Engine(e) => e.retry_after(),
             _ => None,
         }
     }
 
-    /// The message shown to clients: never internals.
+    /// The message shown to clients: never internals, nor a model provider's own words.
     pub fn public_message(&self) -> String {
         match self {
+            Error::Engine(e) => e.public_message(),
             Error::Internal(_) => "internal server error".to_owned(),
             other => other.to_string(),
         }
@@ -165,10 +159,31 @@ impl Error {
     }
 }
 
+/// What the engine sees of a server error (from its ports): its own errors as they are,
+/// anything else as internal (logged).
+impl From<Error> for EngineError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Engine(e) => e,
+            other => {
+                tracing::error!(error = ?other, "storage error in the engine");
+                EngineError::Internal(other.to_string())
+            }
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        if let Error::Internal(e) = &self {
-            tracing::error!(error = ?e, "internal error");
+        match &self {
+            Error::Internal(e) => tracing::error!(error = ?e, "internal error"),
+            Error::Engine(EngineError::Internal(e)) => {
+                tracing::error!(error = %e, "internal error")
+            }
+            Error::Engine(EngineError::UpstreamError(detail)) => {
+                tracing::warn!(detail = %detail, "a model provider failed");
+            }
+            _ => {}
         }
         let status = self.status();
         let body = Body {
@@ -212,18 +227,18 @@ impl From<axum::extract::rejection::JsonRejection> for Error {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return Error::PayloadTooLarge("request body too large".into());
         }
-        Error::InvalidRequest(r.body_text())
+        Error::bad_request(r.body_text())
     }
 }
 
 impl From<axum::extract::rejection::QueryRejection> for Error {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
-        Error::InvalidRequest(r.body_text())
+        Error::bad_request(r.body_text())
     }
 }
 
 impl From<axum::extract::rejection::PathRejection> for Error {
     fn from(r: axum::extract::rejection::PathRejection) -> Self {
-        Error::NotFound(format!("not found ({})", r.body_text()))
+        Error::not_found(format!("not found ({})", r.body_text()))
     }
 }

@@ -1,11 +1,11 @@
 //! Questech: the server crate. `main.rs` is a thin shell over [`cli::run`]; tests use
 //! [`app`] and [`server::serve`] to run the real server on a loopback port.
 
+pub mod adapters;
 pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod engine;
 pub mod error;
 pub mod http;
 pub mod llm;

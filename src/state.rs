@@ -7,10 +7,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::adapters::{CacheLimits, ModelCache};
 use crate::auth::jwt::JwtKeys;
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::engine::{CacheLimits, ModelCache, RedisFanout};
 use crate::storage::Db;
 use questech_actors::Engine;
 
@@ -25,7 +25,6 @@ pub struct Inner {
     pub engine: Engine,
     pub models: ModelCache,
     pub limits: Arc<CacheLimits>,
-    pub fanout: Option<Arc<RedisFanout>>,
     /// Background work (turn finalisers, fan-out) that shutdown waits for.
     pub tracker: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -61,7 +60,7 @@ impl AppState {
         let models = ModelCache::new(db.clone(), cache.clone());
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let built = crate::engine::start(
+        let built = crate::adapters::start(
             &config,
             &db,
             &cache,
@@ -78,7 +77,6 @@ impl AppState {
             engine: built.engine,
             models,
             limits: built.limits,
-            fanout: built.fanout,
             tracker,
             shutdown,
         })))

@@ -19,7 +19,7 @@ use crate::events::{ErrorBody, Frame};
 use crate::metrics::{
     ActorCounts, EngineSnapshot, MailboxState, MailboxTop, Metrics, RateMeter, Restarts, Turns,
 };
-use crate::pool::PoolHandle;
+use crate::pool::Pool;
 use crate::ports::{Fanout, Limits, Store};
 use crate::registry::{Entry, Kind, Registry};
 use crate::user_session::{UserArgs, UserMsg, UserSession};
@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// Restarts of one actor within `restart_window` after which the supervisor gives up.
     pub max_restarts: usize,
     pub restart_window: Duration,
+    /// How long a stateless call's reservation holds if it is never settled (its node died):
+    /// one lifetime for `/v1` and toolkit, longer than the longest call.
+    pub reservation_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             mailbox_limit: 10_000,
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
+            reservation_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -59,7 +63,7 @@ pub struct Core {
     pub store: Arc<dyn Store>,
     pub limits: Arc<dyn Limits>,
     pub fanout: Arc<dyn Fanout>,
-    pub pool: PoolHandle,
+    pub pool: Pool,
     pub registry: Registry,
     pub metrics: Metrics,
     pub tracker: TaskTracker,
@@ -85,7 +89,7 @@ impl Engine {
         store: Arc<dyn Store>,
         limits: Arc<dyn Limits>,
         fanout: Arc<dyn Fanout>,
-        pool: PoolHandle,
+        pool: Pool,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<Engine, ractor::SpawnErr> {
@@ -268,6 +272,19 @@ impl Engine {
         if let Some(e) = self.registry.user(user_id) {
             let _ = e.send(UserMsg::Kick);
         }
+    }
+
+    /// Closes every socket of the user, on this node and every other (account disabled,
+    /// signed out).
+    pub fn kick(&self, user_id: i64) {
+        self.kick_local(user_id);
+        self.fanout.kick(user_id);
+    }
+
+    /// Cancels the user's turn in a conversation, wherever it runs.
+    pub fn cancel(&self, user_id: i64, conv_id: i64) {
+        self.cancel_local(user_id, conv_id);
+        self.fanout.cancel(user_id, conv_id);
     }
 
     /// Cancels the user's turn in a conversation if it runs on this node.

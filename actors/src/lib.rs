@@ -2,7 +2,8 @@
 //!
 //! - [`user_session`]: one actor per online user (connections, limits, routing).
 //! - [`conversation`]: one actor per active conversation (context, the turn in flight, order).
-//! - [`pool`]: the LLM pool actor (per-provider concurrency, queue, retries, failover, breakers).
+//! - [`meter`]: the one metered call (limits, plan, reserve, pool, bill, settle).
+//! - [`pool`]: the LLM pool (per-provider concurrency, queue, retries, failover, breakers).
 //! - [`engine`]: the handle the front door uses, and the supervisor that restarts failed actors.
 //! - [`registry`], [`metrics`]: who runs where, and what operators see.
 //! - [`ports`], [`llm`]: what the engine needs from storage, the cache and model providers.
@@ -13,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod llm;
+pub mod meter;
 pub mod metrics;
 pub mod pool;
 pub mod ports;

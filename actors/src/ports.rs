@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 
 use crate::error::EngineError;
 use crate::events::StoredMessage;
+use crate::meter::TurnStatus;
 
 pub type PortResult<T> = Result<T, EngineError>;
 
@@ -82,6 +83,7 @@ pub enum BeginOutcome {
     },
 }
 
+#[derive(Clone, Debug)]
 pub struct FinishTurn {
     pub conversation_id: i64,
     pub user_id: i64,
@@ -91,12 +93,49 @@ pub struct FinishTurn {
     /// The assistant message to store (its `seq` is assigned by the store).
     pub assistant: StoredMessage,
     pub charge: i64,
-    pub kind: &'static str,
     pub latency_ms: i64,
 }
 
 pub struct FinishOutcome {
     pub assistant: StoredMessage,
+    pub charged: i64,
+    pub balance: i64,
+}
+
+/// A stateless call's reservation (`/v1`, toolkit).
+#[derive(Clone, Debug)]
+pub struct Reserve {
+    pub user_id: i64,
+    pub amount: i64,
+    /// The call's id, kept with the reservation.
+    pub ref_id: String,
+    /// How long the reservation holds if it is never settled (the node died).
+    pub ttl_ms: i64,
+}
+
+/// A stateless call's settlement: release the reservation, charge, log the usage.
+#[derive(Clone, Debug)]
+pub struct SettleCall {
+    pub user_id: i64,
+    pub reservation_id: i64,
+    pub reserved: i64,
+    /// The cost to charge (clamped to what the balance can cover).
+    pub charge: i64,
+    /// Ledger reason (`api`, `toolkit`) and usage kind (`v1`, `toolkit`).
+    pub ledger_reason: &'static str,
+    pub usage_kind: &'static str,
+    pub ref_id: String,
+    /// The model that answered.
+    pub model: String,
+    pub api_key_id: Option<i64>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub latency_ms: i64,
+    pub status: TurnStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
     pub charged: i64,
     pub balance: i64,
 }
@@ -116,6 +155,10 @@ pub trait Store: Send + Sync + 'static {
         turn_id: Option<i64>,
     ) -> BoxFuture<'_, PortResult<bool>>;
     fn balance(&self, user_id: i64) -> BoxFuture<'_, PortResult<i64>>;
+    /// Reserves credits for a stateless call; `None` when balance minus open reservations
+    /// cannot cover it.
+    fn reserve(&self, r: Reserve) -> BoxFuture<'_, PortResult<Option<i64>>>;
+    fn settle(&self, s: SettleCall) -> BoxFuture<'_, PortResult<Settled>>;
 }
 
 /// Shared per-user limits (requests per minute, turns in flight), held across nodes.
@@ -126,9 +169,14 @@ pub trait Limits: Send + Sync + 'static {
     fn release(&self, user_id: i64, unlimited: bool) -> BoxFuture<'_, ()>;
 }
 
-/// Delivers a user's frames to their devices on other nodes.
+/// Reaches the user's devices and turns on other nodes.
 pub trait Fanout: Send + Sync + 'static {
+    /// Delivers a frame to the user's devices on the other nodes.
     fn publish(&self, user_id: i64, frame: Bytes);
+    /// Cancels the user's turn in a conversation on whichever node runs it.
+    fn cancel(&self, user_id: i64, conversation_id: i64);
+    /// Closes the user's sockets on the other nodes.
+    fn kick(&self, user_id: i64);
 }
 
 /// Single-node fan-out: nothing to do.
@@ -136,4 +184,6 @@ pub struct LocalOnly;
 
 impl Fanout for LocalOnly {
     fn publish(&self, _user_id: i64, _frame: Bytes) {}
+    fn cancel(&self, _user_id: i64, _conversation_id: i64) {}
+    fn kick(&self, _user_id: i64) {}
 }

@@ -46,6 +46,32 @@ pub fn count(text: &str) -> u64 {
     }
 }
 
+/// Texts longer than this are counted on the blocking pool, not on the async runtime.
+const INLINE_BYTES: usize = 16 * 1024;
+
+/// [`count`], off the async runtime when the text is large.
+pub async fn count_off_runtime(text: &str) -> u64 {
+    if text.len() <= INLINE_BYTES {
+        return count(text);
+    }
+    let owned = text.to_owned();
+    tokio::task::spawn_blocking(move || count(&owned))
+        .await
+        .unwrap_or_else(|_| (text.len() as u64).div_ceil(4))
+}
+
+/// [`count_messages`], off the async runtime when the texts are large.
+pub async fn count_messages_off_runtime(msgs: &[ChatMessage]) -> u64 {
+    let bytes: usize = msgs.iter().map(|m| m.content.len()).sum();
+    if bytes <= INLINE_BYTES {
+        return count_messages(msgs);
+    }
+    let owned = msgs.to_vec();
+    tokio::task::spawn_blocking(move || count_messages(&owned))
+        .await
+        .unwrap_or_else(|_| (bytes as u64).div_ceil(4))
+}
+
 /// Prompt tokens of a chat context by OpenAI's accounting: per message 3 tokens plus the role's
 /// and the content's tokens, plus 3 for the reply priming.
 pub fn count_messages(msgs: &[ChatMessage]) -> u64 {

@@ -171,7 +171,7 @@ async fn key_for(url: &str, kid: &str) -> Result<Arc<DecodingKey>> {
                 if let Some(k) = snap.as_ref().and_then(|s| s.keys.get(kid)) {
                     return Ok(k.clone());
                 }
-                return Err(Error::UpstreamError(
+                return Err(Error::AuthProvider(
                     "cannot reach Apple to verify the identity token; try again later".into(),
                 ));
             }

@@ -133,7 +133,7 @@ struct AliyunAnswer {
 }
 
 fn upstream() -> Error {
-    Error::UpstreamError("the SMS provider could not send the code; try again later".into())
+    Error::AuthProvider("the SMS provider could not send the code; try again later".into())
 }
 
 async fn aliyun_send(cfg: &AliyunSms, e164: &str, code: &str) -> Result<()> {

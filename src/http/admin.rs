@@ -242,7 +242,7 @@ async fn get_model(
     user.require_admin()?;
     let row = storage::models::get(&state.db, &id)
         .await?
-        .ok_or_else(|| Error::NotFound("model not found".into()))?;
+        .ok_or_else(|| Error::not_found("model not found"))?;
     Ok(Json(row.admin_view()))
 }
 
@@ -256,7 +256,7 @@ async fn patch_model(
     user.require_admin()?;
     let mut row = storage::models::get(&state.db, &id)
         .await?
-        .ok_or_else(|| Error::NotFound("model not found".into()))?;
+        .ok_or_else(|| Error::not_found("model not found"))?;
     if body.id.as_deref().is_some_and(|b| b != id) {
         return Err(Error::invalid("id", "cannot be changed"));
     }
@@ -266,7 +266,7 @@ async fn patch_model(
     state.models.invalidate().await?;
     let row = storage::models::get(&state.db, &id)
         .await?
-        .ok_or_else(|| Error::NotFound("model not found".into()))?;
+        .ok_or_else(|| Error::not_found("model not found"))?;
     Ok(Json(row.admin_view()))
 }
 
@@ -278,7 +278,7 @@ async fn delete_model(
 ) -> Result<StatusCode> {
     user.require_admin()?;
     if !storage::models::delete(&state.db, &id).await? {
-        return Err(Error::NotFound("model not found".into()));
+        return Err(Error::not_found("model not found"));
     }
     state.models.invalidate().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -298,7 +298,7 @@ async fn grant(
     Json(body): Json<GrantBody>,
 ) -> Result<Json<serde_json::Value>> {
     user.require_admin()?;
-    let target = crate::ids::parse(&id).ok_or_else(|| Error::NotFound("user not found".into()))?;
+    let target = crate::ids::parse(&id).ok_or_else(|| Error::not_found("user not found"))?;
     if body.delta == 0 || body.delta.unsigned_abs() > 1_000_000_000 {
         return Err(Error::invalid(
             "delta",
@@ -318,7 +318,7 @@ async fn grant(
         None,
     )
     .await?
-    .ok_or_else(|| Error::NotFound("user not found".into()))?;
+    .ok_or_else(|| Error::not_found("user not found"))?;
     state.engine.publish(
         target,
         &Frame::CreditsUpdated {

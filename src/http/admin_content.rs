@@ -94,7 +94,7 @@ pub fn check_url(field: &str, u: &str) -> Result<()> {
 }
 
 fn parse_id(id: &str, what: &str) -> Result<i64> {
-    crate::ids::parse(id).ok_or_else(|| Error::NotFound(format!("{what} not found")))
+    crate::ids::parse(id).ok_or_else(|| Error::not_found(format!("{what} not found")))
 }
 
 // ---- agents -----------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ async fn apply_agent(state: &AppState, row: &mut AgentRow, b: AgentBody) -> Resu
 async fn load_agent(state: &AppState, id: &str) -> Result<AgentRow> {
     agents::get(&state.db, parse_id(id, "agent")?)
         .await?
-        .ok_or_else(|| Error::NotFound("agent not found".into()))
+        .ok_or_else(|| Error::not_found("agent not found"))
 }
 
 #[utoipa::path(get, path = "/agents", tag = "admin", params(PageQuery), responses((status = 200, description = "every agent: {items, page, page_size, total}", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
@@ -232,7 +232,7 @@ async fn delete_agent(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     if !agents::delete(&state.db, parse_id(&id, "agent")?).await? {
-        return Err(Error::NotFound("agent not found".into()));
+        return Err(Error::not_found("agent not found"));
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -287,7 +287,7 @@ fn apply_article(row: &mut ArticleRow, b: ArticleBody, now: i64) -> Result<()> {
 async fn load_article(state: &AppState, id: &str) -> Result<ArticleRow> {
     articles::get(&state.db, parse_id(id, "article")?)
         .await?
-        .ok_or_else(|| Error::NotFound("article not found".into()))
+        .ok_or_else(|| Error::not_found("article not found"))
 }
 
 #[utoipa::path(get, path = "/articles", tag = "admin", params(PageQuery), responses((status = 200, description = "every article, newest first: {items, page, page_size, total}", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
@@ -360,7 +360,7 @@ async fn delete_article(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     if !articles::delete(&state.db, parse_id(&id, "article")?).await? {
-        return Err(Error::NotFound("article not found".into()));
+        return Err(Error::not_found("article not found"));
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -75,10 +75,10 @@ async fn patch_user(
             Some(Role::parse(r).ok_or_else(|| Error::invalid("role", "must be user or admin"))?)
         }
     };
-    let target = crate::ids::parse(&id).ok_or_else(|| Error::NotFound("user not found".into()))?;
+    let target = crate::ids::parse(&id).ok_or_else(|| Error::not_found("user not found"))?;
     let row = users::by_id(&state.db, target)
         .await?
-        .ok_or_else(|| Error::NotFound("user not found".into()))?;
+        .ok_or_else(|| Error::not_found("user not found"))?;
     if target == admin.0.user_id {
         if body.disabled == Some(true) {
             return Err(Error::invalid(
@@ -101,7 +101,7 @@ async fn patch_user(
     }
     let row = users::by_id(&state.db, target)
         .await?
-        .ok_or_else(|| Error::NotFound("user not found".into()))?;
+        .ok_or_else(|| Error::not_found("user not found"))?;
     Ok(Json(admin_view(&state, &row)))
 }
 
@@ -113,10 +113,7 @@ async fn sign_out_everywhere(state: &AppState, user_id: i64) -> Result<()> {
     // API keys stay valid but their cached look-ups (owner, role, disabled) are dropped, so a
     // disabled owner's keys are refused on the very next request.
     crate::http::api_keys::forget_user_keys(state, user_id).await?;
-    state.engine.kick_local(user_id);
-    if let Some(fanout) = &state.fanout {
-        fanout.kick(user_id);
-    }
+    state.engine.kick(user_id);
     tracing::info!(user_id, sessions = sids.len(), "user signed out everywhere");
     Ok(())
 }

@@ -103,7 +103,7 @@ async fn create(
 ) -> Result<impl IntoResponse> {
     let name = validate_name(&body.name)?;
     if api_keys::count_live(&state.db, user.user_id).await? >= MAX_KEYS_PER_USER {
-        return Err(Error::InvalidRequest(format!(
+        return Err(Error::bad_request(format!(
             "too many API keys: at most {MAX_KEYS_PER_USER} live keys per user; revoke one first"
         )));
     }
@@ -145,7 +145,7 @@ async fn revoke(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    let not_found = || Error::NotFound("API key not found".into());
+    let not_found = || Error::not_found("API key not found");
     let id = crate::ids::parse(&id).ok_or_else(not_found)?;
     let hash = api_keys::revoke(&state.db, user.user_id, id)
         .await?

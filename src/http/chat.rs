@@ -21,6 +21,7 @@ use crate::storage::{self, chat, Paged};
 use questech_actors::conversation::{Ack, TurnUpdate};
 use questech_actors::engine::SendTurnRequest;
 use questech_actors::events::{Credits, ErrorBody, Frame};
+use questech_actors::EngineError;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -30,7 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 pub fn parse_id(s: &str) -> Result<i64> {
-    crate::ids::parse(s).ok_or_else(|| Error::NotFound("not found".into()))
+    crate::ids::parse(s).ok_or_else(|| Error::not_found("not found"))
 }
 
 fn check_text(field: &str, v: &str, max_chars: usize) -> Result<()> {
@@ -47,8 +48,8 @@ fn check_text(field: &str, v: &str, max_chars: usize) -> Result<()> {
 /// `model_not_found`.
 pub async fn usable_model(state: &AppState, id: &str) -> Result<storage::models::ModelRow> {
     match state.models.get(id).await? {
-        Some(m) if m.enabled != 0 && state.engine.pool.has_provider(&m.provider) => Ok(m),
-        _ => Err(Error::ModelNotFound(id.to_owned())),
+        Some(m) if state.engine.is_usable(&m.info()) => Ok(m),
+        _ => Err(Error::Engine(EngineError::ModelNotFound(id.to_owned()))),
     }
 }
 
@@ -62,9 +63,9 @@ pub async fn default_model(state: &AppState) -> Result<String> {
         return Ok("echo".into());
     }
     all.into_iter()
-        .find(|m| m.enabled != 0 && state.engine.pool.has_provider(&m.provider))
+        .find(|m| state.engine.is_usable(&m.info()))
         .map(|m| m.id)
-        .ok_or_else(|| Error::ModelNotFound("no model is enabled".into()))
+        .ok_or_else(|| Error::Engine(EngineError::ModelNotFound("no model is enabled".into())))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -90,7 +91,7 @@ async fn create(
         Some(a) => Some(
             storage::agents::get_published(&state.db, a)
                 .await?
-                .ok_or_else(|| Error::NotFound("agent not found".into()))?,
+                .ok_or_else(|| Error::not_found("agent not found"))?,
         ),
         None => None,
     };
@@ -132,7 +133,7 @@ async fn list(
 async fn load(state: &AppState, user: &AuthUser, id: &str) -> Result<chat::ConversationRow> {
     chat::get_conversation(&state.db, user.user_id, parse_id(id)?)
         .await?
-        .ok_or_else(|| Error::NotFound("conversation not found".into()))
+        .ok_or_else(|| Error::not_found("conversation not found"))
 }
 
 #[utoipa::path(get, path = "/conversations/{id}", tag = "chat", params(("id" = String, Path, description = "id")), responses((status = 200, description = "success", body = chat::ConversationRow), (status = "4XX", description = "error", body = crate::error::ApiError)))]
@@ -184,7 +185,7 @@ async fn delete(
 ) -> Result<StatusCode> {
     let id = parse_id(&id)?;
     if !chat::delete_conversation(&state.db, user.user_id, id).await? {
-        return Err(Error::NotFound("conversation not found".into()));
+        return Err(Error::not_found("conversation not found"));
     }
     state.engine.stop_conversation(id);
     Ok(StatusCode::NO_CONTENT)

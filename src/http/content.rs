@@ -23,7 +23,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 fn parse_id(id: &str, what: &str) -> Result<i64> {
-    crate::ids::parse(id).ok_or_else(|| Error::NotFound(format!("{what} not found")))
+    crate::ids::parse(id).ok_or_else(|| Error::not_found(format!("{what} not found")))
 }
 
 #[utoipa::path(get, path = "/intelligent/agents", tag = "content", params(PageQuery), responses((status = 200, description = "published agents: {items, page, page_size, total}", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
@@ -44,7 +44,7 @@ async fn get_agent(
 ) -> Result<Json<agents::AgentView>> {
     let row = agents::get_published(&state.db, &id)
         .await?
-        .ok_or_else(|| Error::NotFound("agent not found".into()))?;
+        .ok_or_else(|| Error::not_found("agent not found"))?;
     Ok(Json(row.view()))
 }
 
@@ -82,7 +82,7 @@ async fn get_article(
 ) -> Result<Json<articles::ArticleView>> {
     let row = articles::get_published(&state.db, parse_id(&id, "article")?)
         .await?
-        .ok_or_else(|| Error::NotFound("article not found".into()))?;
+        .ok_or_else(|| Error::not_found("article not found"))?;
     Ok(Json(row.view()))
 }
 

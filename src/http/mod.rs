@@ -101,7 +101,7 @@ impl FromRequestParts<AppState> for ClientIp {
 }
 
 async fn not_found() -> Error {
-    Error::NotFound("no such route".into())
+    Error::not_found("no such route")
 }
 
 async fn method_not_allowed() -> Error {

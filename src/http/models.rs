@@ -18,7 +18,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
     let rows = state.models.all().await?;
     let data: Vec<_> = rows
         .iter()
-        .map(|m| m.view(m.enabled != 0 && state.engine.pool.has_provider(&m.provider)))
+        .map(|m| m.view(state.engine.is_usable(&m.info())))
         .collect();
     Ok(Json(json!({ "data": data })))
 }

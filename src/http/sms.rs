@@ -57,9 +57,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 async fn retry_after(state: &AppState, key: &str, fallback: Duration) -> Result<Error> {
     let ttl = state.cache.ttl(key).await?.unwrap_or(fallback);
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-    Ok(Error::RateLimited {
-        retry_after: secs.max(1),
-    })
+    Ok(Error::rate_limited(secs.max(1)))
 }
 
 fn code_digest(code: &str, phone_hash: &str) -> String {

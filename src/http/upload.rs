@@ -301,7 +301,7 @@ async fn serve_static(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response> {
-    let not_found = || Error::NotFound("no such file".into());
+    let not_found = || Error::not_found("no such file");
     let kind = kind_of_name(&name).ok_or_else(not_found)?;
     let path = state.config.upload_dir.join(&name);
     let res = match ServeFile::new(path).oneshot(req).await {

@@ -222,9 +222,7 @@ impl LoginLimiter<'_> {
                 .unwrap_or(0);
             if n >= i64::from(max) {
                 let ttl = self.state.cache.ttl(key).await?.unwrap_or_default();
-                return Err(Error::RateLimited {
-                    retry_after: ttl.as_secs().max(1),
-                });
+                return Err(Error::rate_limited(ttl.as_secs().max(1)));
             }
         }
         Ok(())

@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -26,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,11 +32,9 @@ use super::Json;
 use crate::auth::{self, AuthUser, Role};
 use crate::error::{Error, Result};
 use crate::state::AppState;
-use crate::storage::{self, usage};
-use questech_actors::events::Frame;
-use questech_actors::llm::{ChatMessage, ChatRequest, Usage};
-use questech_actors::pool::{Job, JobEvent, Route};
-use questech_actors::ports::ModelInfo;
+use crate::storage;
+use questech_actors::llm::{ChatMessage, ChatRequest};
+use questech_actors::meter::{Bill, CallEvent, CallKind, CallSpec, Called};
 use questech_actors::{tokens, EngineError};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -56,8 +52,6 @@ pub static OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-questech-ove
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// `last_used_at` of a key is written at most this often.
 const KEY_TOUCH_EVERY: Duration = Duration::from_secs(60);
-/// Texts longer than this are tokenized off the async runtime.
-const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
 
 // ---- authentication -----------------------------------------------------------------------------
 
@@ -357,29 +351,6 @@ fn validate(body: CompletionRequest) -> Result<Valid> {
     })
 }
 
-/// Tokenizes off the runtime when the text is large.
-async fn count_messages(messages: &[ChatMessage]) -> Result<u64> {
-    let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
-    if bytes <= INLINE_TOKENIZE_BYTES {
-        return Ok(tokens::count_messages(messages));
-    }
-    let owned = messages.to_vec();
-    tokio::task::spawn_blocking(move || tokens::count_messages(&owned))
-        .await
-        .map_err(Error::internal)
-}
-
-async fn count_text(text: &str) -> u64 {
-    if text.len() <= INLINE_TOKENIZE_BYTES {
-        return tokens::count(text);
-    }
-    let len = text.len() as u64;
-    let text = text.to_owned();
-    tokio::task::spawn_blocking(move || tokens::count(&text))
-        .await
-        .unwrap_or_else(|_| len.div_ceil(4))
-}
-
 // ---- handlers -----------------------------------------------------------------------------------
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "v1", request_body = CompletionRequest, responses((status = 200, description = "a `chat.completion` object, or with `stream` an SSE stream of `chat.completion.chunk` objects ending with `data: [DONE]`", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError), (status = "5XX", description = "upstream error", body = crate::error::ApiError)))]
@@ -408,7 +379,7 @@ async fn models(State(state): State<AppState>, V1Auth(_user): V1Auth) -> Result<
         .all()
         .await?
         .into_iter()
-        .filter(|m| m.enabled != 0 && state.engine.pool.has_provider(&m.provider))
+        .filter(|m| state.engine.is_usable(&m.info()))
         .map(|m| {
             json!({
                 "id": m.id,
@@ -423,86 +394,34 @@ async fn models(State(state): State<AppState>, V1Auth(_user): V1Auth) -> Result<
 
 // ---- the call -----------------------------------------------------------------------------------
 
-/// What the lifecycle task tells the response.
+/// What the call's task tells the response.
 enum Relay {
-    /// The request went to the LLM pool at this instant.
-    Submitted(Instant),
-    /// Refused before anything went upstream (limits, credits).
-    Rejected(Error),
-    Delta(String),
-    End(Box<Ending>),
-}
-
-struct Ending {
-    finish_reason: String,
-    text: String,
-    usage: Usage,
-    error: Option<EngineError>,
-    /// Whether any content came from the upstream.
-    delivered: bool,
-    /// When the upstream finished.
-    ended: Instant,
-}
-
-/// Everything the lifecycle task needs.
-struct Call {
-    state: AppState,
-    user: AuthUser,
-    unlimited: bool,
-    info: ModelInfo,
-    completion_id: String,
-    prompt_local: u64,
-    reservation_id: i64,
-    reserved: i64,
-    started: Instant,
-}
-
-/// The engine's error as the client sees it: the spec's code, never the provider's own status
-/// or message (those are in the logs).
-fn public_error(e: EngineError) -> Error {
-    match e {
-        EngineError::UpstreamError(detail) => {
-            tracing::warn!(detail = %detail, "/v1 call failed upstream");
-            Error::UpstreamError(EngineError::UpstreamError(String::new()).public_message())
-        }
-        other => Error::from(other),
-    }
-}
-
-/// Finish reasons OpenAI SDKs know; anything else is reported as `stop`.
-fn finish_reason(r: Option<String>) -> String {
-    match r.as_deref() {
-        Some(r @ ("stop" | "length" | "content_filter" | "tool_calls" | "function_call")) => {
-            r.to_owned()
-        }
-        _ => "stop".to_owned(),
-    }
+    Event(CallEvent),
+    End(Box<std::result::Result<Called, EngineError>>),
 }
 
 async fn complete(state: AppState, user: AuthUser, body: CompletionRequest) -> Result<Response> {
-    let started = Instant::now();
     let req = validate(body)?;
-    let model = crate::http::chat::usable_model(&state, &req.model).await?;
-    let info = model.info();
-    let prompt_local = count_messages(&req.messages).await?;
-    if prompt_local >= info.context_window {
+    let model = state.engine.usable_model(&req.model).await?;
+    let prompt_local = tokens::count_messages_off_runtime(&req.messages).await;
+    if prompt_local >= model.context_window {
         return Err(Error::invalid(
             "messages",
             &format!(
                 "the prompt ({prompt_local} tokens) does not fit the model's context window ({} tokens)",
-                info.context_window
+                model.context_window
             ),
         ));
     }
     // Never more than the model can give, nor than the context leaves.
     let max_tokens = req
         .max_tokens
-        .unwrap_or(info.max_output_tokens)
-        .min(info.max_output_tokens)
-        .min(info.context_window - prompt_local)
+        .unwrap_or(model.max_output_tokens)
+        .min(model.max_output_tokens)
+        .min(model.context_window - prompt_local)
         .max(1);
     let request = ChatRequest {
-        model: info.upstream_model.clone(),
+        model: String::new(),
         messages: req.messages,
         max_tokens: Some(max_tokens),
         temperature: req.temperature,
@@ -510,85 +429,85 @@ async fn complete(state: AppState, user: AuthUser, body: CompletionRequest) -> R
         stop: req.stop,
     };
     let completion_id = format!("chatcmpl-{}", crate::ids::next_id());
-    let call = Call {
-        state: state.clone(),
-        unlimited: user.role == Role::Admin,
-        reserved: info.cost(prompt_local, max_tokens, true),
-        info,
-        completion_id: completion_id.clone(),
-        prompt_local,
-        reservation_id: 0,
-        started,
-        user,
-    };
-    // From here on the call has effects (limits, credits, upstream): it runs in its own task,
-    // so that a client going away cannot leave any of them half done.
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Relay>();
-    state.tracker.spawn(run_call(call, request, out_tx));
-    let submitted = match out_rx.recv().await {
-        Some(Relay::Submitted(at)) => at,
-        Some(Relay::Rejected(e)) => return Err(e),
-        _ => {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "the call ended before it started"
-            )))
-        }
-    };
-
     let chunks = Chunks {
-        id: completion_id,
+        id: completion_id.clone(),
         created: chrono::Utc::now().timestamp(),
         model: model.id.clone(),
         include_usage: req.include_usage,
     };
+    let spec = CallSpec {
+        user_id: user.user_id,
+        unlimited: user.role == Role::Admin,
+        kind: CallKind::V1 {
+            api_key_id: user.api_key_id,
+        },
+        ref_id: completion_id,
+        plan: state.engine.plan(model, request, prompt_local).await,
+        // A stream shows output as it comes; a plain answer comes whole or not at all.
+        partial_reaches_user: req.stream,
+    };
+    // From here on the call has effects (limits, credits, upstream): it runs in its own task,
+    // so that a client going away cannot leave any of them half done.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Relay>();
+    let engine = state.engine.clone();
+    state.tracker.spawn(async move {
+        let events = tx.clone();
+        let r = engine
+            .call(spec, &mut |ev| {
+                // The client may be gone: the upstream is still read to its end.
+                let _ = events.send(Relay::Event(ev));
+            })
+            .await;
+        let _ = tx.send(Relay::End(Box::new(r)));
+    });
+    let submitted = match rx.recv().await {
+        Some(Relay::Event(CallEvent::Submitted(at))) => at,
+        Some(Relay::End(r)) => return Err(r.err().map_or_else(ended_early, Error::from)),
+        _ => return Err(ended_early()),
+    };
     if !req.stream {
         loop {
-            match out_rx.recv().await {
-                Some(Relay::Delta(_) | Relay::Submitted(_) | Relay::Rejected(_)) => {}
-                Some(Relay::End(end)) => {
+            match rx.recv().await {
+                Some(Relay::Event(_)) => {}
+                Some(Relay::End(r)) => {
+                    let called = (*r)?;
                     let timing = UpstreamTiming {
                         submitted,
-                        ended: Some(end.ended),
+                        ended: Some(called.ended),
                     };
-                    let res = match end.error {
-                        Some(e) => public_error(e).into_response(),
-                        None => Json(chunks.completion(&end)).into_response(),
+                    let res = match &called.bill.error {
+                        Some(e) => Error::from(e.clone()).into_response(),
+                        None => Json(chunks.completion(&called)).into_response(),
                     };
                     return Ok(with_timing(res, timing));
                 }
-                None => {
-                    return Err(Error::Internal(anyhow::anyhow!(
-                        "the call ended without an answer"
-                    )))
-                }
+                None => return Err(ended_early()),
             }
         }
     }
     // Streaming: the status is decided by the first thing the upstream does.
-    let first = out_rx.recv().await;
+    let first = rx.recv().await;
     let mut pending = VecDeque::new();
     pending.push_back(chunks.chunk(json!({"role": "assistant", "content": ""}), Value::Null));
     let finished = match first {
-        Some(Relay::End(end)) if end.error.is_some() && !end.delivered => {
+        Some(Relay::End(r))
+            if r.as_ref()
+                .as_ref()
+                .is_ok_and(|c| c.bill.error.is_some() && c.text.is_empty()) =>
+        {
+            let called = (*r)?;
             let timing = UpstreamTiming {
                 submitted,
-                ended: Some(end.ended),
+                ended: Some(called.ended),
             };
-            let e = end
-                .error
-                .map(public_error)
-                .unwrap_or_else(|| Error::Internal(anyhow::anyhow!("no error")));
+            let e = called.bill.error.map_or_else(ended_early, Error::from);
             return Ok(with_timing(e.into_response(), timing));
         }
-        None => {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "the call ended without an answer"
-            )))
-        }
+        None => return Err(ended_early()),
         Some(relay) => chunks.frames(relay, &mut pending),
     };
     let stream = futures::stream::unfold(
-        (out_rx, pending, finished, chunks),
+        (rx, pending, finished, chunks),
         |(mut rx, mut pending, mut finished, chunks)| async move {
             loop {
                 if let Some(b) = pending.pop_front() {
@@ -600,9 +519,7 @@ async fn complete(state: AppState, user: AuthUser, body: CompletionRequest) -> R
                 finished = match rx.recv().await {
                     Some(relay) => chunks.frames(relay, &mut pending),
                     None => {
-                        let e =
-                            Error::Internal(anyhow::anyhow!("the call ended without an answer"));
-                        pending.push_back(sse_data(&e.body_json().to_string()));
+                        pending.push_back(sse_data(&ended_early().body_json().to_string()));
                         pending.push_back(sse_data("[DONE]"));
                         true
                     }
@@ -634,6 +551,10 @@ async fn complete(state: AppState, user: AuthUser, body: CompletionRequest) -> R
     ))
 }
 
+fn ended_early() -> Error {
+    Error::Internal(anyhow::anyhow!("the call ended without an answer"))
+}
+
 fn sse_data(data: &str) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
@@ -646,11 +567,11 @@ struct Chunks {
     include_usage: bool,
 }
 
-fn usage_json(u: &Usage) -> Value {
+fn usage_json(b: &Bill) -> Value {
     json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens": b.prompt_tokens,
+        "completion_tokens": b.completion_tokens,
+        "total_tokens": b.prompt_tokens + b.completion_tokens,
     })
 }
 
@@ -669,7 +590,7 @@ impl Chunks {
         sse_data(&c.to_string())
     }
 
-    fn completion(&self, end: &Ending) -> Value {
+    fn completion(&self, called: &Called) -> Value {
         json!({
             "id": self.id,
             "object": "chat.completion",
@@ -677,225 +598,54 @@ impl Chunks {
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": end.text, "refusal": null},
+                "message": {"role": "assistant", "content": called.text, "refusal": null},
                 "logprobs": null,
-                "finish_reason": end.finish_reason,
+                "finish_reason": called.bill.finish_reason,
             }],
-            "usage": usage_json(&end.usage),
+            "usage": usage_json(&called.bill),
         })
     }
 
     /// Appends the SSE frames of one relay; returns whether the stream is finished.
     fn frames(&self, relay: Relay, out: &mut VecDeque<Bytes>) -> bool {
-        match relay {
-            Relay::Submitted(_) | Relay::Rejected(_) => false,
-            Relay::Delta(d) => {
+        let called = match relay {
+            Relay::Event(CallEvent::Submitted(_)) => return false,
+            Relay::Event(CallEvent::Delta(d)) => {
                 out.push_back(self.chunk(json!({"content": d}), Value::Null));
-                false
+                return false;
             }
-            Relay::End(end) => {
-                match &end.error {
-                    Some(e) => {
-                        out.push_back(sse_data(&public_error(e.clone()).body_json().to_string()));
-                    }
-                    None => {
-                        out.push_back(self.chunk(json!({}), json!(end.finish_reason)));
-                        if self.include_usage {
-                            let u = json!({
-                                "id": self.id,
-                                "object": "chat.completion.chunk",
-                                "created": self.created,
-                                "model": self.model,
-                                "choices": [],
-                                "usage": usage_json(&end.usage),
-                            });
-                            out.push_back(sse_data(&u.to_string()));
-                        }
-                    }
-                }
+            Relay::End(r) => *r,
+        };
+        match called {
+            Ok(Called {
+                bill: Bill { error: None, .. },
+                ..
+            }) => {}
+            Ok(Called {
+                bill: Bill { error: Some(e), .. },
+                ..
+            })
+            | Err(e) => {
+                out.push_back(sse_data(&Error::from(e).body_json().to_string()));
                 out.push_back(sse_data("[DONE]"));
-                true
+                return true;
             }
         }
-    }
-}
-
-/// Admits the call (per-user limits, credit reservation), hands it to the LLM pool, then runs
-/// its [`lifecycle`]. Tells the response what happened through `out`.
-async fn run_call(mut call: Call, request: ChatRequest, out: mpsc::UnboundedSender<Relay>) {
-    let state = call.state.clone();
-    let user_id = call.user.user_id;
-    if let Err(e) = state.limits.check(user_id, call.unlimited).await {
-        let _ = out.send(Relay::Rejected(e));
-        return;
-    }
-    let ttl_ms = (state.config.llm_total_timeout + Duration::from_secs(300)).as_millis() as i64;
-    let reservation = usage::reserve(
-        &state.db,
-        user_id,
-        call.reserved,
-        &state.config.node_id,
-        &call.completion_id,
-        ttl_ms,
-    )
-    .await;
-    call.reservation_id = match reservation {
-        Ok(Some(id)) => id,
-        Ok(None) => {
-            state.limits.done(user_id, call.unlimited).await;
-            let _ = out.send(Relay::Rejected(Error::InsufficientCredits));
-            return;
-        }
-        Err(e) => {
-            state.limits.done(user_id, call.unlimited).await;
-            let _ = out.send(Relay::Rejected(e));
-            return;
-        }
-    };
-    // The model's own route, then its usable fallbacks on other providers.
-    let mut routes = vec![Route {
-        provider: call.info.provider.clone(),
-        request: request.clone(),
-    }];
-    for fb in &call.info.fallbacks {
-        if let Ok(Some(m)) = state.models.get(fb).await {
-            if m.enabled != 0 && state.engine.pool.has_provider(&m.provider) {
-                let mut r = request.clone();
-                r.model = m.info().upstream_model;
-                routes.push(Route {
-                    provider: m.provider.clone(),
-                    request: r,
+        if let Ok(called) = &called {
+            out.push_back(self.chunk(json!({}), json!(called.bill.finish_reason)));
+            if self.include_usage {
+                let u = json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": usage_json(&called.bill),
                 });
+                out.push_back(sse_data(&u.to_string()));
             }
         }
+        out.push_back(sse_data("[DONE]"));
+        true
     }
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<JobEvent>();
-    let _ = out.send(Relay::Submitted(Instant::now()));
-    state.engine.pool.submit(Job {
-        routes,
-        cancel: CancellationToken::new(),
-        sink: Arc::new(move |ev| {
-            let _ = ev_tx.send(ev);
-        }),
-    });
-    lifecycle(call, ev_rx, out).await;
-}
-
-/// Runs one call to its end whatever the client does: collects the upstream's events, relays
-/// them, settles the credits, logs the usage, frees the user's in-flight slot.
-async fn lifecycle(
-    call: Call,
-    mut events: mpsc::UnboundedReceiver<JobEvent>,
-    out: mpsc::UnboundedSender<Relay>,
-) {
-    let mut text = String::new();
-    let mut reported: Option<Usage> = None;
-    let (status, reason, mut error) = loop {
-        match events.recv().await {
-            Some(JobEvent::Delta(d)) => {
-                text.push_str(&d);
-                // The client may be gone: the upstream is still read to its end.
-                let _ = out.send(Relay::Delta(d));
-            }
-            Some(JobEvent::Usage(u)) => reported = Some(u),
-            Some(JobEvent::Done(r)) => break ("ok", finish_reason(r), None),
-            Some(JobEvent::Cancelled) => break ("cancelled", "stop".to_owned(), None),
-            Some(JobEvent::Failed { error, .. }) => break ("failed", String::new(), Some(error)),
-            None => {
-                break (
-                    "failed",
-                    String::new(),
-                    Some(EngineError::Internal(
-                        "the model call ended without an answer".into(),
-                    )),
-                )
-            }
-        }
-    };
-    let ended = Instant::now();
-    let delivered = !text.is_empty();
-    // SPEC §6: a complete call costs the provider's count (or ours) with `per_request`; a call
-    // that broke after content costs its prompt and what was delivered; one that failed before
-    // any content costs nothing. Our own count of the completion is only made when the
-    // provider's is missing or does not cover what was delivered.
-    let (prompt, completion) = match (status, reported) {
-        ("ok", Some(u)) => (u.prompt_tokens, u.completion_tokens),
-        (_, Some(u)) if delivered => (u.prompt_tokens, count_text(&text).await),
-        ("ok", None) => (call.prompt_local, count_text(&text).await),
-        _ if delivered => (call.prompt_local, count_text(&text).await),
-        _ => (0, 0),
-    };
-    let charge = match status {
-        "ok" => call.info.cost(prompt, completion, true),
-        _ if delivered => call.info.cost(prompt, completion, false),
-        _ => 0,
-    };
-    let settle = usage::Settle {
-        user_id: call.user.user_id,
-        reservation_id: call.reservation_id,
-        reserved: call.reserved,
-        charge,
-        reason: "api",
-        kind: "v1",
-        ref_id: &call.completion_id,
-        model: &call.info.id,
-        api_key_id: call.user.api_key_id,
-        prompt_tokens: prompt as i64,
-        completion_tokens: completion as i64,
-        latency_ms: call.started.elapsed().as_millis() as i64,
-        status,
-    };
-    let mut settled = None;
-    for attempt in 0..3u32 {
-        match usage::settle(&call.state.db, &settle).await {
-            Ok(s) => {
-                settled = Some(s);
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(attempt, error = ?e, "settling a /v1 call failed; retrying");
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-            }
-        }
-    }
-    call.state
-        .limits
-        .done(call.user.user_id, call.unlimited)
-        .await;
-    match settled {
-        Some(s) if s.charged > 0 => {
-            call.state
-                .engine
-                .metrics
-                .credits_charged
-                .fetch_add(s.charged as u64, std::sync::atomic::Ordering::Relaxed);
-            call.state.engine.publish(
-                call.user.user_id,
-                &Frame::CreditsUpdated {
-                    balance: s.balance,
-                    delta: -s.charged,
-                    reason: "api".into(),
-                },
-            );
-        }
-        Some(_) => {}
-        None => {
-            tracing::error!(
-                request = %call.completion_id,
-                "could not settle a /v1 call; its reservation is released when it expires"
-            );
-            error.get_or_insert(EngineError::Internal("could not record the call".into()));
-        }
-    }
-    let _ = out.send(Relay::End(Box::new(Ending {
-        finish_reason: reason,
-        text,
-        usage: Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-        },
-        error,
-        delivered,
-        ended,
-    })));
 }

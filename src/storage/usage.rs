@@ -9,10 +9,11 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
+use super::writer::ReserveOp;
 pub use super::writer::Settled;
-use super::writer::{ReserveOp, SettleOp};
 use super::{Db, Page};
 use crate::error::Result;
+use questech_actors::ports::SettleCall;
 
 /// Reserves `amount` credits of the user's spendable balance (credits minus open
 /// reservations) under a `credit_reservations` row owned by this node. `None`: the balance
@@ -36,49 +37,12 @@ pub async fn reserve(
         .await
 }
 
-/// The end of a one-shot call.
-pub struct Settle<'a> {
-    pub user_id: i64,
-    pub reservation_id: i64,
-    pub reserved: i64,
-    /// The cost to charge (clamped to what the balance can cover).
-    pub charge: i64,
-    /// Ledger reason (`api`, `toolkit`) and usage kind (`v1`, `toolkit`).
-    pub reason: &'a str,
-    pub kind: &'a str,
-    /// The request's id, kept as the ledger row's `ref_id`.
-    pub ref_id: &'a str,
-    pub model: &'a str,
-    pub api_key_id: Option<i64>,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub latency_ms: i64,
-    /// `ok`, `failed` or `cancelled`.
-    pub status: &'a str,
-}
-
 /// Releases the reservation, charges `min(charge, credits - reserved)` with one ledger row, and
 /// writes one usage row — all or nothing, and only while the reservation is still open: a
 /// settlement retried after a commit of unknown outcome never charges twice. Written by the
 /// group-commit writer.
-pub async fn settle(db: &Db, s: &Settle<'_>) -> Result<Settled> {
-    db.writer
-        .settle(SettleOp {
-            user_id: s.user_id,
-            reservation_id: s.reservation_id,
-            reserved: s.reserved,
-            charge: s.charge,
-            reason: s.reason.to_owned(),
-            kind: s.kind.to_owned(),
-            ref_id: s.ref_id.to_owned(),
-            model: s.model.to_owned(),
-            api_key_id: s.api_key_id,
-            prompt_tokens: s.prompt_tokens,
-            completion_tokens: s.completion_tokens,
-            latency_ms: s.latency_ms,
-            status: s.status.to_owned(),
-        })
-        .await
+pub async fn settle(db: &Db, s: &SettleCall) -> Result<Settled> {
+    db.writer.settle(s.clone()).await
 }
 
 /// Gives a reservation back without charging anything or logging usage (the call never

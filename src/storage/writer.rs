@@ -33,6 +33,7 @@ use super::Dialect;
 use crate::error::{Error, Result};
 use crate::time::now_ms;
 use questech_actors::events::StoredMessage;
+use questech_actors::meter::TurnStatus;
 use questech_actors::ports::{BeginOutcome, BeginTurn, FinishOutcome, FinishTurn};
 
 /// Most operations applied in one transaction.
@@ -71,28 +72,10 @@ pub struct ReserveOp {
 }
 
 /// The end of a one-shot call (see [`super::usage::settle`]).
-#[derive(Debug)]
-pub struct SettleOp {
-    pub user_id: i64,
-    pub reservation_id: i64,
-    pub reserved: i64,
-    pub charge: i64,
-    pub reason: String,
-    pub kind: String,
-    pub ref_id: String,
-    pub model: String,
-    pub api_key_id: Option<i64>,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub latency_ms: i64,
-    pub status: String,
-}
+/// A stateless call's settlement is the engine's own type.
+pub use questech_actors::ports::SettleCall as SettleOp;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settled {
-    pub charged: i64,
-    pub balance: i64,
-}
+pub use questech_actors::ports::Settled;
 
 /// A queued operation with the channel its caller awaits the answer on.
 enum Pending {
@@ -483,7 +466,7 @@ async fn lock_balance(
         .bind(user_id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| Error::NotFound("user".into()))
+        .ok_or_else(|| Error::not_found("user"))
 }
 
 /// With the user's `(credits, reserved)` as locked by [`lock_balance`] in this transaction:
@@ -554,21 +537,21 @@ async fn settle<'a>(
                 s.user_id,
                 -charged,
                 balance,
-                &s.reason,
+                s.ledger_reason,
                 s.ref_id.clone(),
                 now,
             );
         }
         rows.usage.push(UsageIns {
             user_id: s.user_id,
-            kind: &s.kind,
+            kind: s.usage_kind,
             model: &s.model,
             api_key_id: s.api_key_id,
             prompt_tokens: s.prompt_tokens,
             completion_tokens: s.completion_tokens,
             credits: charged,
             latency_ms: s.latency_ms,
-            status: &s.status,
+            status: s.status.usage_status(),
             created_at: now,
         });
     }
@@ -713,23 +696,19 @@ async fn finish<'a>(
     .await?;
     let m = &t.assistant;
     if charged > 0 {
-        rows.ledger(t.user_id, -charged, balance, t.kind, m.id.to_string(), now);
+        rows.ledger(t.user_id, -charged, balance, "chat", m.id.to_string(), now);
     }
     rows.messages.push((m, seq, charged));
     rows.usage.push(UsageIns {
         user_id: t.user_id,
-        kind: t.kind,
+        kind: "chat",
         model: &m.model,
         api_key_id: None,
         prompt_tokens: m.usage.prompt_tokens,
         completion_tokens: m.usage.completion_tokens,
         credits: charged,
         latency_ms: t.latency_ms,
-        status: match m.status.as_str() {
-            "complete" => "ok",
-            "cancelled" => "cancelled",
-            _ => "failed",
-        },
+        status: TurnStatus::parse_message_status(&m.status).usage_status(),
         created_at: now,
     });
     Ok(Applied::Finished {

@@ -321,10 +321,7 @@ async fn handle_frame(
             let Ok(conv) = parse_id(&conversation_id) else {
                 return Some(protocol_error("not_found", "conversation not found"));
             };
-            state.engine.cancel_local(user.user_id, conv);
-            if let Some(f) = &state.fanout {
-                f.cancel(user.user_id, conv);
-            }
+            state.engine.cancel(user.user_id, conv);
             None
         }
         ClientFrame::Sync {
@@ -351,7 +348,7 @@ async fn sync(
 ) -> Result<Frame> {
     let c = storage::chat::get_conversation(&state.db, user.user_id, conv)
         .await?
-        .ok_or_else(|| Error::NotFound("conversation not found".into()))?;
+        .ok_or_else(|| Error::not_found("conversation not found"))?;
     let mut after = after_seq.max(0);
     loop {
         let (items, more) = storage::chat::messages_after(&state.db, c.id, after, 200).await?;

@@ -6,7 +6,8 @@
 use futures::future::join_all;
 use questech::storage::{chat, ledger, usage, Db};
 use questech_actors::events::{MsgUsage, StoredMessage};
-use questech_actors::ports::{BeginOutcome, BeginTurn, FinishTurn};
+use questech_actors::meter::TurnStatus;
+use questech_actors::ports::{BeginOutcome, BeginTurn, FinishTurn, SettleCall};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -43,26 +44,21 @@ async fn users(app: &TestApp, n: usize, grant: i64) -> Vec<i64> {
     ids
 }
 
-fn settle<'a>(
-    user_id: i64,
-    reservation_id: i64,
-    charge: i64,
-    ref_id: &'a str,
-) -> usage::Settle<'a> {
-    usage::Settle {
+fn settle(user_id: i64, reservation_id: i64, charge: i64, ref_id: &str) -> SettleCall {
+    SettleCall {
         user_id,
         reservation_id,
         reserved: 10,
         charge,
-        reason: "api",
-        kind: "v1",
-        ref_id,
-        model: "m",
+        ledger_reason: "api",
+        usage_kind: "v1",
+        ref_id: ref_id.to_owned(),
+        model: "m".into(),
         api_key_id: None,
         prompt_tokens: 1,
         completion_tokens: 2,
         latency_ms: 3,
-        status: "ok",
+        status: TurnStatus::Complete,
     }
 }
 
@@ -94,7 +90,7 @@ both!(
         // Every user settles at 3, all at once; the first user's settlement is sent twice (a retry
         // after an unknown commit outcome): it is charged once.
         let refs: Vec<String> = ids.iter().map(|id| format!("call-{id}")).collect();
-        let mut settles: Vec<usage::Settle<'_>> = ids
+        let mut settles: Vec<SettleCall> = ids
             .iter()
             .zip(&reservations)
             .zip(&refs)
@@ -266,7 +262,6 @@ both!(
                 reserved: 10,
                 assistant: message(assistant_ids[i], c, "assistant", "answer"),
                 charge: 4,
-                kind: "chat",
                 latency_ms: 1,
             }
         };

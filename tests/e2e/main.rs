@@ -20,6 +20,7 @@ mod admin;
 mod api_keys;
 mod apple;
 mod bench_smoke;
+mod billing;
 mod chat_faults;
 mod chat_rest;
 mod chat_ws;

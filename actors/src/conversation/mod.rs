@@ -1,0 +1,293 @@
+//! The conversation actor: one per active conversation on this node. Owns the context window
+//! (system prompt always kept, then as many recent turns as fit the model's context minus its
+//! max output), the one turn in flight, and the order of messages. The database stays the
+//! authority (sequence numbers, the cross-node turn lock, credits); this actor's state is a cache
+//! it rebuilds after a restart.
+//!
+//! The upstream stream never runs inside `handle`: a task of the turn runs it through the LLM
+//! pool and feeds it back chunk by chunk as `Upstream` messages, so `Cancel` (and everything
+//! else) is handled between chunks. Planning, the pool, the bill and the settle retry are the
+//! engine's one metered call ([`crate::meter`]); this actor adds what is its own: the context,
+//! `seq` and the turn lock (through `begin_turn`/`finish_turn`), and the fan-out to devices.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Core, Engine};
+use crate::error::EngineError;
+use crate::events::{Credits, StoredMessage};
+use crate::llm::ChatMessage;
+use crate::meter::{Collector, Plan};
+use crate::pool::JobEvent;
+use crate::tokens;
+
+mod context;
+mod turn;
+
+pub use context::build_context;
+
+/// The first answer to a send.
+#[derive(Debug)]
+pub enum Ack {
+    /// Stored (with its seq) and on its way upstream; the assistant message will have this id.
+    Started {
+        user_message: StoredMessage,
+        assistant_id: i64,
+    },
+    /// The `client_msg_id` was seen before: the stored messages, nothing charged again.
+    Duplicate {
+        user_message: StoredMessage,
+        assistant_message: Option<StoredMessage>,
+    },
+}
+
+/// Updates of a started turn, for the requester (REST/SSE); devices get frames instead.
+#[derive(Debug, Clone)]
+pub enum TurnUpdate {
+    Delta {
+        message_id: i64,
+        index: u64,
+        delta: String,
+    },
+    Done {
+        message: StoredMessage,
+        credits: Credits,
+    },
+    Failed {
+        error: EngineError,
+        message: Option<StoredMessage>,
+    },
+}
+
+pub struct TurnHandle {
+    pub ack: oneshot::Receiver<Result<Ack, EngineError>>,
+    pub updates: mpsc::UnboundedReceiver<TurnUpdate>,
+}
+
+pub struct SendTurn {
+    pub user_id: i64,
+    pub unlimited: bool,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub model: Option<String>,
+    pub ack: oneshot::Sender<Result<Ack, EngineError>>,
+    pub updates: Option<mpsc::UnboundedSender<TurnUpdate>>,
+}
+
+// `Poison` is hidden, not a marker of non-exhaustiveness.
+#[allow(clippy::manual_non_exhaustive)]
+pub enum ConvMsg {
+    Send(Box<SendTurn>),
+    Cancel {
+        user_id: i64,
+    },
+    Upstream {
+        turn_id: i64,
+        event: JobEvent,
+    },
+    /// Drop the cached state (model or prompt changed); rebuilt on the next message.
+    Reload,
+    /// End the turn in flight as failed (the server is shutting down and its grace is over).
+    Abort,
+    Tick,
+    /// Test hook: makes the actor panic, to prove supervision. Not reachable from the network.
+    #[doc(hidden)]
+    Poison,
+}
+
+pub struct Conversation;
+
+pub struct ConvArgs {
+    pub conversation_id: i64,
+    pub core: Arc<Core>,
+    pub depth: Arc<AtomicUsize>,
+    pub owner: Arc<AtomicI64>,
+    /// The turn in flight (0: none), for the supervisor.
+    pub turn: Arc<AtomicI64>,
+}
+
+struct Loaded {
+    user_id: i64,
+    model: String,
+    system_prompt: Option<String>,
+    /// Recent complete turns, oldest first, each with its token count.
+    history: VecDeque<(ChatMessage, u64)>,
+}
+
+/// The turn in flight.
+struct Turn {
+    id: i64,
+    user_id: i64,
+    unlimited: bool,
+    client_msg_id: Option<String>,
+    assistant_id: i64,
+    /// Where it goes and what it reserved.
+    plan: Plan,
+    reservation_id: i64,
+    user_content: String,
+    /// What the upstream did so far.
+    collector: Collector,
+    /// Index of the next delta.
+    index: u64,
+    cancel: CancellationToken,
+    /// Stops the upstream job when the turn is dropped without an end (the actor crashed).
+    _cancel_on_drop: tokio_util::sync::DropGuard,
+    /// Set by `Abort`: the cancellation ends the turn as failed, not cancelled.
+    aborted: bool,
+    updates: Option<mpsc::UnboundedSender<TurnUpdate>>,
+    started: Instant,
+}
+
+pub struct ConvState {
+    id: i64,
+    core: Arc<Core>,
+    depth: Arc<AtomicUsize>,
+    owner: Arc<AtomicI64>,
+    turn_in_flight: Arc<AtomicI64>,
+    loaded: Option<Loaded>,
+    turn: Option<Turn>,
+    last_active: Instant,
+}
+
+const HISTORY_KEEP: usize = 400;
+
+impl Actor for Conversation {
+    type Msg = ConvMsg;
+    type State = ConvState;
+    type Arguments = ConvArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ConvMsg>,
+        args: ConvArgs,
+    ) -> Result<ConvState, ActorProcessingErr> {
+        // Cheap start: the state is loaded from the database on the first message. Idle checks
+        // come from the engine's one sweep (`Tick`), not a timer per actor.
+        Ok(ConvState {
+            id: args.conversation_id,
+            core: args.core,
+            depth: args.depth,
+            owner: args.owner,
+            turn_in_flight: args.turn,
+            loaded: None,
+            turn: None,
+            last_active: Instant::now(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConvMsg>,
+        state: &mut ConvState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stopped with a turn in flight (conversation deleted): end it cleanly.
+        if let Some(turn) = state.turn.take() {
+            state.turn_in_flight.store(0, Ordering::Relaxed);
+            turn.cancel.cancel();
+            let core = state.core.clone();
+            let conv = state.id;
+            let user = turn.user_id;
+            let unlimited = turn.unlimited;
+            core.tracker.clone().spawn(async move {
+                let _ = core.store.abort_turn(conv, Some(turn.id)).await;
+                core.limits.release(user, unlimited).await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConvMsg>,
+        msg: ConvMsg,
+        state: &mut ConvState,
+    ) -> Result<(), ActorProcessingErr> {
+        if !matches!(msg, ConvMsg::Tick) {
+            state.depth.fetch_sub(1, Ordering::Relaxed);
+            state.last_active = Instant::now();
+        }
+        match msg {
+            ConvMsg::Send(send) => state.on_send(&myself, *send).await,
+            ConvMsg::Cancel { user_id } => {
+                if let Some(t) = &state.turn {
+                    if t.user_id == user_id {
+                        t.cancel.cancel();
+                    }
+                }
+            }
+            ConvMsg::Upstream { turn_id, event } => state.on_upstream(turn_id, event).await,
+            ConvMsg::Abort => {
+                if let Some(t) = state.turn.as_mut() {
+                    t.aborted = true;
+                    t.cancel.cancel();
+                }
+            }
+            ConvMsg::Reload => {
+                if state.turn.is_none() {
+                    state.loaded = None;
+                }
+            }
+            ConvMsg::Tick => {
+                if state.turn.is_none() && state.last_active.elapsed() >= state.core.cfg.actor_idle
+                {
+                    myself.stop(Some("idle".into()));
+                }
+            }
+            ConvMsg::Poison => {
+                #[allow(clippy::panic)]
+                {
+                    panic!("poisoned conversation actor (test hook)");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConvState {
+    fn engine(&self) -> Engine {
+        Engine(self.core.clone())
+    }
+
+    async fn ensure_loaded(&mut self) -> Result<&mut Loaded, EngineError> {
+        if self.loaded.is_none() {
+            let snap = self
+                .core
+                .store
+                .load_conversation(self.id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound("conversation not found".into()))?;
+            self.owner.store(snap.user_id, Ordering::Relaxed);
+            let history = snap
+                .history
+                .into_iter()
+                .filter(|m| !m.content.is_empty())
+                .map(|m| {
+                    let t = tokens::count(&m.content) + 4;
+                    (
+                        ChatMessage {
+                            role: m.role.into(),
+                            content: m.content.into(),
+                        },
+                        t,
+                    )
+                })
+                .collect();
+            self.loaded = Some(Loaded {
+                user_id: snap.user_id,
+                model: snap.model,
+                system_prompt: snap.system_prompt,
+                history,
+            });
+        }
+        self.loaded
+            .as_mut()
+            .ok_or_else(|| EngineError::Internal("conversation state missing".into()))
+    }
+}

@@ -1,0 +1,357 @@
+//! A chat turn: admitted and stored by `begin_turn`, run through the pool, billed by the one
+//! rule, ended by `finish_turn`, told to every device.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use ractor::ActorRef;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{build_context, Ack, ConvMsg, ConvState, SendTurn, Turn, TurnUpdate, HISTORY_KEEP};
+use crate::error::EngineError;
+use crate::events::{Credits, ErrorBody, Frame, MsgUsage, StoredMessage};
+use crate::llm::{ChatMessage, ChatRequest};
+use crate::meter::{bill, retry_once, Collector, End, TurnStatus};
+use crate::pool::JobEvent;
+use crate::ports::{BeginOutcome, BeginTurn, FinishTurn};
+use crate::tokens;
+
+type AckTx = oneshot::Sender<Result<Ack, EngineError>>;
+
+impl ConvState {
+    pub(super) async fn on_send(&mut self, myself: &ActorRef<ConvMsg>, send: SendTurn) {
+        let user_id = send.user_id;
+        let unlimited = send.unlimited;
+        if let Err((e, ack)) = self.start_turn(myself, send).await {
+            // The turn never started: give back its in-flight slot *before* answering, so
+            // a client that retries at once finds it free.
+            self.core.limits.release(user_id, unlimited).await;
+            let _ = ack.send(Err(e));
+        }
+    }
+
+    /// Admits and starts a turn. On rejection, gives the ack channel back with the error.
+    async fn start_turn(
+        &mut self,
+        myself: &ActorRef<ConvMsg>,
+        send: SendTurn,
+    ) -> Result<(), (EngineError, AckTx)> {
+        let SendTurn {
+            user_id,
+            unlimited,
+            content,
+            client_msg_id,
+            model,
+            ack,
+            updates,
+        } = send;
+        let engine = self.engine();
+        let busy = self.turn.is_some();
+        let in_flight_same = self
+            .turn
+            .as_ref()
+            .is_some_and(|t| t.client_msg_id.is_some() && t.client_msg_id == client_msg_id);
+        let loaded = match self.ensure_loaded().await {
+            Ok(l) => l,
+            Err(e) => return Err((e, ack)),
+        };
+        if loaded.user_id != user_id {
+            return Err((EngineError::NotFound("conversation not found".into()), ack));
+        }
+        if busy && !in_flight_same {
+            return Err((EngineError::ConversationBusy, ack));
+        }
+        let model_id = model.unwrap_or_else(|| loaded.model.clone());
+        let model = match engine.usable_model(&model_id).await {
+            Ok(m) => m,
+            Err(e) => return Err((e, ack)),
+        };
+        // Context: system prompt, then the newest turns that fit, then the new message.
+        let budget = model
+            .context_window
+            .saturating_sub(model.max_output_tokens)
+            .max(1);
+        let (messages, prompt_tokens) = build_context(
+            &loaded.history,
+            loaded.system_prompt.as_deref(),
+            &content,
+            budget,
+        );
+        let request = ChatRequest {
+            messages,
+            max_tokens: Some(model.max_output_tokens),
+            ..Default::default()
+        };
+        let plan = engine.plan(model, request, prompt_tokens).await;
+        let turn_id = crate::ids::next_id();
+        let user_message = StoredMessage {
+            id: crate::ids::next_id(),
+            conversation_id: self.id,
+            seq: 0,
+            role: "user".into(),
+            content: content.clone(),
+            status: TurnStatus::Complete.message_status().into(),
+            model: model_id,
+            usage: MsgUsage::default(),
+            credits_charged: 0,
+            client_msg_id: client_msg_id.clone(),
+            created_at: chrono::Utc::now().timestamp_millis(),
+        };
+        let outcome = self
+            .core
+            .store
+            .begin_turn(BeginTurn {
+                conversation_id: self.id,
+                user_id,
+                turn_id,
+                node_id: self.core.cfg.node_id.clone(),
+                user_message,
+                reserve: plan.reserve,
+                lock_ms: self.core.cfg.turn_lock.as_millis() as i64,
+            })
+            .await;
+        let (user_message, reservation_id) = match outcome {
+            Ok(BeginOutcome::Started {
+                user_message,
+                reservation_id,
+            }) => (user_message, reservation_id),
+            Ok(BeginOutcome::Busy) => return Err((EngineError::ConversationBusy, ack)),
+            Ok(BeginOutcome::InsufficientCredits) => {
+                return Err((EngineError::InsufficientCredits, ack))
+            }
+            Ok(BeginOutcome::NotFound) => {
+                return Err((EngineError::NotFound("conversation not found".into()), ack))
+            }
+            Ok(BeginOutcome::Duplicate {
+                user_message,
+                assistant_message,
+            }) => {
+                self.core.limits.release(user_id, unlimited).await;
+                let _ = ack.send(Ok(Ack::Duplicate {
+                    user_message,
+                    assistant_message,
+                }));
+                return Ok(());
+            }
+            Err(e) => return Err((e, ack)),
+        };
+        self.turn_in_flight.store(turn_id, Ordering::Relaxed);
+        self.core
+            .metrics
+            .turns_started
+            .fetch_add(1, Ordering::Relaxed);
+        let assistant_id = crate::ids::next_id();
+        // Stored: acknowledge to the requester and to every device of the user.
+        engine.publish(
+            user_id,
+            &Frame::Ack {
+                id: client_msg_id.clone(),
+                conversation_id: self.id,
+                message: user_message.clone(),
+            },
+        );
+        let _ = ack.send(Ok(Ack::Started {
+            user_message,
+            assistant_id,
+        }));
+        // Upstream: a task of the turn runs the pool and streams back into this mailbox.
+        let cancel = CancellationToken::new();
+        let (me, depth, pool) = (myself.clone(), self.depth.clone(), self.core.pool.clone());
+        let (routes, job_cancel) = (plan.routes.clone(), cancel.clone());
+        self.core.tracker.spawn(async move {
+            pool.run(&routes, &job_cancel, &mut |event| {
+                depth.fetch_add(1, Ordering::Relaxed);
+                if me.cast(ConvMsg::Upstream { turn_id, event }).is_err() {
+                    depth.fetch_sub(1, Ordering::Relaxed);
+                }
+            })
+            .await;
+        });
+        self.turn = Some(Turn {
+            id: turn_id,
+            user_id,
+            unlimited,
+            client_msg_id,
+            assistant_id,
+            plan,
+            reservation_id,
+            user_content: content,
+            collector: Collector::default(),
+            index: 0,
+            _cancel_on_drop: cancel.clone().drop_guard(),
+            cancel,
+            aborted: false,
+            updates,
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    pub(super) async fn on_upstream(&mut self, turn_id: i64, event: JobEvent) {
+        let Some(turn) = self.turn.as_mut().filter(|t| t.id == turn_id) else {
+            return; // a late event of a finished turn
+        };
+        let Some(delta) = turn.collector.push(event) else {
+            if turn.collector.outcome.end.is_some() {
+                self.finish().await;
+            }
+            return;
+        };
+        let index = turn.index;
+        turn.index += 1;
+        if let Some(u) = &turn.updates {
+            let _ = u.send(TurnUpdate::Delta {
+                message_id: turn.assistant_id,
+                index,
+                delta: delta.clone(),
+            });
+        }
+        let frame = Frame::Delta {
+            conversation_id: self.id,
+            message_id: turn.assistant_id,
+            index,
+            delta,
+        };
+        let user = turn.user_id;
+        self.engine().publish(user, &frame);
+    }
+
+    /// Ends the turn: stores the assistant message, settles credits, tells everyone.
+    async fn finish(&mut self) {
+        let Some(mut turn) = self.turn.take() else {
+            return;
+        };
+        self.turn_in_flight.store(0, Ordering::Relaxed);
+        let core = self.core.clone();
+        if turn.aborted && turn.collector.outcome.end == Some(End::Cancelled) {
+            let err = EngineError::Internal("the server is shutting down".into());
+            turn.collector.outcome.end = Some(End::Failed(err));
+        }
+        let out = &turn.collector.outcome;
+        // Every device showed the deltas as they came: partial output reached the user.
+        let bill = bill(&turn.plan, out, true).await;
+        let assistant = StoredMessage {
+            id: turn.assistant_id,
+            conversation_id: self.id,
+            seq: 0,
+            role: "assistant".into(),
+            content: out.text.clone(),
+            status: bill.status.message_status().into(),
+            model: bill.model.id.clone(),
+            usage: MsgUsage {
+                prompt_tokens: bill.prompt_tokens as i64,
+                completion_tokens: bill.completion_tokens as i64,
+            },
+            credits_charged: 0,
+            client_msg_id: None,
+            created_at: chrono::Utc::now().timestamp_millis(),
+        };
+        let finish = FinishTurn {
+            conversation_id: self.id,
+            user_id: turn.user_id,
+            turn_id: turn.id,
+            reservation_id: turn.reservation_id,
+            reserved: turn.plan.reserve,
+            assistant,
+            charge: bill.charge,
+            latency_ms: turn.started.elapsed().as_millis() as i64,
+        };
+        let result = retry_once("storing the end of a turn", || {
+            core.store.finish_turn(finish.clone())
+        })
+        .await;
+        let engine = self.engine();
+        let user = turn.user_id;
+        core.limits.release(user, turn.unlimited).await;
+        let counter = match bill.status {
+            TurnStatus::Complete => &core.metrics.turns_completed,
+            TurnStatus::Cancelled => &core.metrics.turns_cancelled,
+            TurnStatus::Failed => &core.metrics.turns_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (done, error) = match result {
+            Ok(done) => (Some(done), bill.error.clone()),
+            Err(e) => {
+                tracing::error!(conversation_id = self.id, error = %e, "could not store the end of a turn");
+                // Unknown what was committed: rebuild from the database next time.
+                self.loaded = None;
+                let err = EngineError::Internal("could not store the reply".into());
+                (None, Some(err))
+            }
+        };
+        if done.is_some() {
+            self.remember(&turn, bill.completion_tokens);
+        }
+        match (done, error) {
+            (Some(done), None) => {
+                let credits = Credits {
+                    charged: done.charged,
+                    balance: done.balance,
+                };
+                engine.publish(
+                    user,
+                    &Frame::Done {
+                        conversation_id: self.id,
+                        message: done.assistant.clone(),
+                        credits,
+                    },
+                );
+                if let Some(u) = &turn.updates {
+                    let _ = u.send(TurnUpdate::Done {
+                        message: done.assistant,
+                        credits,
+                    });
+                }
+                engine.charged(user, done.charged, done.balance, "chat");
+            }
+            (done, Some(err)) => {
+                engine.publish(
+                    user,
+                    &Frame::ChatError {
+                        id: turn.client_msg_id.clone(),
+                        conversation_id: self.id,
+                        error: ErrorBody::from(&err),
+                    },
+                );
+                if let Some(u) = &turn.updates {
+                    let _ = u.send(TurnUpdate::Failed {
+                        error: err,
+                        message: done.as_ref().map(|d| d.assistant.clone()),
+                    });
+                }
+                if let Some(d) = done {
+                    engine.charged(user, d.charged, d.balance, "chat");
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// The turn, stored, becomes context for the next one.
+    fn remember(&mut self, turn: &Turn, completion_tokens: u64) {
+        let Some(l) = self.loaded.as_mut() else {
+            return;
+        };
+        let text = &turn.collector.outcome.text;
+        l.history.push_back((
+            ChatMessage {
+                role: "user".into(),
+                content: turn.user_content.as_str().into(),
+            },
+            tokens::count(&turn.user_content) + 4,
+        ));
+        if !text.is_empty() {
+            l.history.push_back((
+                ChatMessage {
+                    role: "assistant".into(),
+                    content: text.as_str().into(),
+                },
+                completion_tokens + 4,
+            ));
+        }
+        while l.history.len() > HISTORY_KEEP {
+            l.history.pop_front();
+        }
+    }
+}
