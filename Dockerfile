@@ -16,7 +16,7 @@ ENV SQLX_OFFLINE=true \
 
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY actors ./actors
+COPY engine ./engine
 # Workspace members (test and benchmark tools): Cargo reads every member's manifest.
 COPY tools ./tools
 # Embedded at compile time by sqlx::migrate!, and shipped to the runtime image below.

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The WebSocket client frame is `questech::ws::ClientFrame` and the context trimming is
-//! `questech_actors::conversation::build_context`: the code the server runs.
+//! `questech_engine::conversation::build_context`: the code the server runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -24,10 +24,10 @@ use questech::auth::jwt::JwtKeys;
 use questech::cache::{Cache, MemoryCache};
 use questech::llm::sse::SseParser;
 use questech::AppState;
-use questech_actors::events::{Credits, Frame, MsgUsage, StoredMessage};
-use questech_actors::llm::ChatMessage;
-use questech_actors::tokens;
-use questech_actors::user_session::{Connection, UserMsg};
+use questech_engine::events::{Credits, Frame, MsgUsage, StoredMessage};
+use questech_engine::llm::ChatMessage;
+use questech_engine::tokens;
+use questech_engine::user_session::{Connection, UserMsg};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -299,7 +299,7 @@ fn token_counting(c: &mut Criterion) {
     g.finish();
 }
 
-use questech_actors::conversation::build_context as trim;
+use questech_engine::conversation::build_context as trim;
 
 fn context(c: &mut Criterion) {
     tokens::warm_up();
@@ -424,7 +424,7 @@ fn storage(c: &mut Criterion) {
             .await
             .unwrap()
             .unwrap();
-        let s = questech_actors::ports::SettleCall {
+        let s = questech_engine::ports::SettleCall {
             user_id,
             reservation_id: r,
             reserved: 10,
@@ -437,7 +437,7 @@ fn storage(c: &mut Criterion) {
             prompt_tokens: 1,
             completion_tokens: 1,
             latency_ms: 1,
-            status: questech_actors::meter::TurnStatus::Complete,
+            status: questech_engine::meter::TurnStatus::Complete,
         };
         usage::settle(&db, &s).await.unwrap()
     };

@@ -3,7 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use questech_actors::EngineError;
+use questech_engine::EngineError;
 use serde::Serialize;
 
 /// The error body every error response carries (for the OpenAPI document).

@@ -18,7 +18,7 @@ pub mod ws;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use questech_actors::ids;
+pub use questech_engine::ids;
 pub use state::AppState;
 
 /// The whole HTTP application over a built state.

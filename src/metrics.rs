@@ -67,9 +67,9 @@ pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMa
     };
     let snap = state.engine.snapshot();
     metrics::gauge!("questech_ws_connections").set(snap.websocket_connections as f64);
-    metrics::gauge!("questech_actors", "kind" => "user_session")
+    metrics::gauge!("questech_engine", "kind" => "user_session")
         .set(snap.actors.user_session as f64);
-    metrics::gauge!("questech_actors", "kind" => "conversation")
+    metrics::gauge!("questech_engine", "kind" => "conversation")
         .set(snap.actors.conversation as f64);
     metrics::gauge!("questech_mailbox_depth_max").set(snap.mailbox.max_depth as f64);
     metrics::counter!("questech_mailbox_rejections_total").absolute(snap.mailbox.rejected_total);
@@ -98,7 +98,7 @@ pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMa
             .absolute(p.requests_total);
         metrics::counter!("questech_llm_failures_total", "provider" => provider.clone())
             .absolute(p.failures_total);
-        let open = !matches!(p.breaker, questech_actors::pool::BreakerState::Closed);
+        let open = !matches!(p.breaker, questech_engine::pool::BreakerState::Closed);
         metrics::gauge!("questech_llm_breaker_open", "provider" => provider).set(if open {
             1.0
         } else {

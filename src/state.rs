@@ -12,7 +12,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::storage::Db;
-use questech_actors::Engine;
+use questech_engine::Engine;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

@@ -8,8 +8,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use questech_actors::engine::Engine;
-use questech_actors::ports::Fanout;
+use questech_engine::engine::Engine;
+use questech_engine::ports::Fanout;
 
 /// Cross-node fan-out: every frame for a user is published on one Redis channel; each node
 /// delivers it to its own connections of that user (skipping frames it published itself).

@@ -7,7 +7,7 @@ use futures::FutureExt;
 
 use crate::cache::Cache;
 use crate::error::Error;
-use questech_actors::ports::{Limits, PortResult};
+use questech_engine::ports::{Limits, PortResult};
 
 /// Per-user limits in the shared cache: a per-minute counter and an in-flight counter.
 pub struct CacheLimits {

@@ -17,9 +17,9 @@ use crate::config::Config;
 use crate::storage::Db;
 pub use fanout::RedisFanout;
 pub use limits::CacheLimits;
-use questech_actors::engine::{Engine, EngineConfig};
-use questech_actors::pool::{Pool, PoolConfig};
-use questech_actors::ports::{Fanout, LocalOnly};
+use questech_engine::engine::{Engine, EngineConfig};
+use questech_engine::pool::{Pool, PoolConfig};
+use questech_engine::ports::{Fanout, LocalOnly};
 pub use store::{ModelCache, SqlStore};
 
 /// Everything the engine runs on, built from the configuration.

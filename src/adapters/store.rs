@@ -8,7 +8,7 @@ use futures::FutureExt;
 use crate::cache::Cache;
 use crate::error::Error;
 use crate::storage::{self, Db};
-use questech_actors::ports::{
+use questech_engine::ports::{
     BeginOutcome, BeginTurn, ConversationSnapshot, FinishOutcome, FinishTurn, ModelInfo,
     PortResult, Reserve, SettleCall, Settled, Store,
 };

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::storage::models::{AdminModelView, ModelRow};
 use crate::storage::{self, ledger, Paged};
-use questech_actors::events::Frame;
+use questech_engine::events::Frame;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -18,10 +18,10 @@ use crate::auth::{AuthUser, Role};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::storage::{self, chat, Paged};
-use questech_actors::conversation::{Ack, TurnUpdate};
-use questech_actors::engine::SendTurnRequest;
-use questech_actors::events::{Credits, ErrorBody, Frame};
-use questech_actors::EngineError;
+use questech_engine::conversation::Ack;
+use questech_engine::engine::SendTurnRequest;
+use questech_engine::events::{Credits, ErrorBody, Frame};
+use questech_engine::EngineError;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -300,10 +300,11 @@ async fn send(
             Ok(sse(conv.id, ack, handle.updates).into_response())
         }
         Ack::Started { user_message, .. } => {
-            while let Some(u) = handle.updates.recv().await {
-                match u {
-                    TurnUpdate::Delta { .. } => {}
-                    TurnUpdate::Done { message, credits } => {
+            while let Some(frame) = handle.updates.recv().await {
+                match frame {
+                    Frame::Done {
+                        message, credits, ..
+                    } => {
                         return Ok(Json(json!({
                             "user_message": user_message,
                             "assistant_message": message,
@@ -311,7 +312,8 @@ async fn send(
                         }))
                         .into_response())
                     }
-                    TurnUpdate::Failed { error, .. } => return Err(error.into()),
+                    Frame::ChatError { error, .. } => return Err(EngineError::from(&error).into()),
+                    _ => {}
                 }
             }
             Err(Error::Internal(anyhow::anyhow!(
@@ -327,46 +329,17 @@ fn event(frame: &Frame) -> Event {
         .data(String::from_utf8_lossy(&frame.to_bytes()))
 }
 
-/// The turn as SSE: `chat.ack`, `chat.delta`…, then `chat.done` or `chat.error`.
+/// The turn as SSE: `chat.ack`, then the turn's frames (`chat.delta`…, then `chat.done` or
+/// `chat.error`), each as the event of its type.
 fn sse(
     conversation_id: i64,
     ack: Frame,
-    mut updates: tokio::sync::mpsc::UnboundedReceiver<TurnUpdate>,
+    mut updates: tokio::sync::mpsc::UnboundedReceiver<Frame>,
 ) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
     let stream = async_stream_lite(move |tx| async move {
         let _ = tx.send(event(&ack));
-        while let Some(u) = updates.recv().await {
-            let (frame, last) = match u {
-                TurnUpdate::Delta {
-                    message_id,
-                    index,
-                    delta,
-                } => (
-                    Frame::Delta {
-                        conversation_id,
-                        message_id,
-                        index,
-                        delta,
-                    },
-                    false,
-                ),
-                TurnUpdate::Done { message, credits } => (
-                    Frame::Done {
-                        conversation_id,
-                        message,
-                        credits,
-                    },
-                    true,
-                ),
-                TurnUpdate::Failed { error, .. } => (
-                    Frame::ChatError {
-                        id: None,
-                        conversation_id,
-                        error: ErrorBody::from(&error),
-                    },
-                    true,
-                ),
-            };
+        while let Some(frame) = updates.recv().await {
+            let last = matches!(frame, Frame::Done { .. } | Frame::ChatError { .. });
             if tx.send(event(&frame)).is_err() {
                 // The client went away; the turn goes on and is stored.
                 return;
@@ -377,7 +350,7 @@ fn sse(
         }
         // The turn ended without an answer (its actor crashed or was stopped): say so rather
         // than end the stream in silence.
-        let err = questech_actors::EngineError::Internal("the turn was lost; please retry".into());
+        let err = EngineError::Internal("the turn was lost; please retry".into());
         let _ = tx.send(event(&Frame::ChatError {
             id: None,
             conversation_id,

@@ -45,10 +45,10 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     cache_json["backend"] = json!(state.cache.backend());
     // Providers: one whose circuit breaker is not closed is down for now; the service still
     // answers (other providers, fallbacks), so that is "degraded", not "unhealthy".
-    let providers = state.engine.pool.snapshot();
+    let providers = state.engine.providers();
     let degraded = providers
         .iter()
-        .any(|p| p.breaker != questech_actors::pool::BreakerState::Closed);
+        .any(|p| p.breaker != questech_engine::pool::BreakerState::Closed);
     let llm = json!({
         "status": if degraded { "degraded" } else { "up" },
         "providers": providers

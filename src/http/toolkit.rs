@@ -1,7 +1,7 @@
 //! Small AI tools (SPEC §10): `POST /toolkit/translate` and `POST /toolkit/summarize`.
 //!
 //! Each call is a one-shot prompt through the engine's one metered call
-//! (`questech_actors::meter`), billed like a chat turn: limits, the chain's maximum cost
+//! (`questech_engine::meter`), billed like a chat turn: limits, the chain's maximum cost
 //! reserved, the pool, the bill at the answering model's prices, the settlement with a
 //! `toolkit` ledger row and a `toolkit` usage row. The call runs in a tracked task of its own,
 //! so a client that goes away does not leave a reservation behind. A call that fails costs
@@ -16,9 +16,9 @@ use super::Json;
 use crate::auth::{AuthUser, Role};
 use crate::error::{Error, Result};
 use crate::state::AppState;
-use questech_actors::llm::{ChatMessage, ChatRequest};
-use questech_actors::meter::{CallKind, CallSpec};
-use questech_actors::tokens;
+use questech_engine::llm::{ChatMessage, ChatRequest};
+use questech_engine::meter::{CallKind, CallSpec};
+use questech_engine::tokens;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -33,9 +33,9 @@ use crate::auth::{self, AuthUser, Role};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::storage;
-use questech_actors::llm::{ChatMessage, ChatRequest};
-use questech_actors::meter::{Bill, CallEvent, CallKind, CallSpec, Called};
-use questech_actors::{tokens, EngineError};
+use questech_engine::llm::{ChatMessage, ChatRequest};
+use questech_engine::meter::{Bill, CallEvent, CallKind, CallSpec, Called};
+use questech_engine::{tokens, EngineError};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
-use questech_actors::llm::{ChatRequest, EventStream, Provider, ProviderError, StreamEvent, Usage};
-use questech_actors::tokens;
+use questech_engine::llm::{ChatRequest, EventStream, Provider, ProviderError, StreamEvent, Usage};
+use questech_engine::tokens;
 
 /// See the module docs.
 #[derive(Clone, Debug, Default)]
@@ -100,13 +100,10 @@ impl Provider for EchoProvider {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use questech_actors::llm::ChatMessage;
+    use questech_engine::llm::ChatMessage;
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage::new(role, content)
     }
 
     fn req(messages: Vec<ChatMessage>, max_tokens: Option<u64>) -> ChatRequest {

@@ -1,4 +1,4 @@
-//! The upstream LLM providers (adapters of the port `questech_actors::llm::Provider`):
+//! The upstream LLM providers (adapters of the port `questech_engine::llm::Provider`):
 //! the OpenAI-compatible HTTP client ([`openai`]), the built-in dev model ([`echo`]), and the
 //! incremental SSE parser they share ([`sse`]).
 
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use questech_actors::llm::Provider;
+use questech_engine::llm::Provider;
 
 use crate::config::Config;
 

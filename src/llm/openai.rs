@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
-use questech_actors::llm::{ChatRequest, EventStream, Provider, ProviderError, StreamEvent, Usage};
+use questech_engine::llm::{ChatRequest, EventStream, Provider, ProviderError, StreamEvent, Usage};
 use serde::Deserialize;
 
 use super::sse::SseParser;
@@ -71,7 +71,7 @@ pub fn build_client() -> Result<reqwest::Client, reqwest::Error> {
 #[derive(serde::Serialize)]
 pub struct RequestBody<'a> {
     model: &'a str,
-    messages: &'a [questech_actors::llm::ChatMessage],
+    messages: &'a [questech_engine::llm::ChatMessage],
     stream: bool,
     stream_options: StreamOptions,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -409,7 +409,7 @@ fn full_completion_events(body: &[u8]) -> Result<Vec<StreamEvent>, ProviderError
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use questech_actors::llm::ChatMessage;
+    use questech_engine::llm::ChatMessage;
     use questech_fake_upstream::{self as fake_upstream, Behavior};
 
     fn req() -> ChatRequest {

@@ -13,8 +13,8 @@ use sqlx::{AnyConnection, FromRow};
 use super::{Db, Page};
 use crate::error::Result;
 use crate::time::now_ms;
-use questech_actors::events::{MsgUsage, StoredMessage};
-use questech_actors::ports::{
+use questech_engine::events::{MsgUsage, StoredMessage};
+use questech_engine::ports::{
     BeginOutcome, BeginTurn, ConversationSnapshot, FinishOutcome, FinishTurn,
 };
 

@@ -6,7 +6,7 @@ use sqlx::FromRow;
 use super::Db;
 use crate::error::Result;
 use crate::time::now_ms;
-use questech_actors::ports::ModelInfo;
+use questech_engine::ports::ModelInfo;
 
 /// A `models` row. Also the form the model list takes in the shared cache (JSON).
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize)]

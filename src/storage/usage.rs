@@ -13,7 +13,7 @@ use super::writer::ReserveOp;
 pub use super::writer::Settled;
 use super::{Db, Page};
 use crate::error::Result;
-use questech_actors::ports::SettleCall;
+use questech_engine::ports::SettleCall;
 
 /// Reserves `amount` credits of the user's spendable balance (credits minus open
 /// reservations) under a `credit_reservations` row owned by this node. `None`: the balance

@@ -32,9 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::Dialect;
 use crate::error::{Error, Result};
 use crate::time::now_ms;
-use questech_actors::events::StoredMessage;
-use questech_actors::meter::TurnStatus;
-use questech_actors::ports::{BeginOutcome, BeginTurn, FinishOutcome, FinishTurn};
+use questech_engine::events::StoredMessage;
+use questech_engine::meter::TurnStatus;
+use questech_engine::ports::{BeginOutcome, BeginTurn, FinishOutcome, FinishTurn};
 
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 256;
@@ -73,9 +73,9 @@ pub struct ReserveOp {
 
 /// The end of a one-shot call (see [`super::usage::settle`]).
 /// A stateless call's settlement is the engine's own type.
-pub use questech_actors::ports::SettleCall as SettleOp;
+pub use questech_engine::ports::SettleCall as SettleOp;
 
-pub use questech_actors::ports::Settled;
+pub use questech_engine::ports::Settled;
 
 /// A queued operation with the channel its caller awaits the answer on.
 enum Pending {

@@ -20,10 +20,10 @@ use crate::error::{Error, Result};
 use crate::http::chat::{parse_id, validate_send};
 use crate::state::AppState;
 use crate::storage;
-use questech_actors::conversation::Ack;
-use questech_actors::engine::SendTurnRequest;
-use questech_actors::events::{ErrorBody, Frame};
-use questech_actors::user_session::{Connection, UserMsg};
+use questech_engine::conversation::Ack;
+use questech_engine::engine::SendTurnRequest;
+use questech_engine::events::{ErrorBody, Frame};
+use questech_engine::user_session::{Connection, UserMsg};
 
 pub const MAX_FRAME: usize = 64 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -104,11 +104,10 @@ fn text(b: Bytes) -> Message {
 
 async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
     let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
-    let metrics = &state.engine.metrics;
-    metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+    state.engine.socket(true);
     let (mut sink, mut stream) = socket.split();
     let close = CancellationToken::new();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(state.engine.cfg.ws_queue);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(state.engine.ws_queue());
     let attach = |tx: mpsc::Sender<Bytes>| UserMsg::Attach {
         conn_id,
         conn: Connection {
@@ -131,7 +130,7 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
         .await
         .is_err()
     {
-        metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
+        state.engine.socket(false);
         return;
     }
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -163,7 +162,7 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
                 }
                 None => {
                     // The session actor went away (restarted): attach to its successor.
-                    let (ntx, nrx) = mpsc::channel::<Bytes>(state.engine.cfg.ws_queue);
+                    let (ntx, nrx) = mpsc::channel::<Bytes>(state.engine.ws_queue());
                     if state.engine.send_user(user.user_id, attach(ntx)).await.is_err() {
                         break Some((1011, "session unavailable"));
                     }
@@ -210,10 +209,8 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
         let _ = sink.close().await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
-    metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
-    if let Some(e) = state.engine.registry.user(user.user_id) {
-        let _ = e.send(UserMsg::Detach { conn_id });
-    }
+    state.engine.socket(false);
+    state.engine.detach(user.user_id, conn_id);
 }
 
 fn protocol_error(code: &str, message: impl Into<String>) -> Frame {

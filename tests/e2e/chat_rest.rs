@@ -211,7 +211,7 @@ both!(conversations_crud, |app| async move {
     assert_eq!(b["total"], 2);
     let conv2: i64 = id2.parse().unwrap();
     assert!(
-        app.state.engine.registry.conversation(conv2).is_none(),
+        !app.state.engine.runs_conversation(conv2),
         "a deleted conversation's actor stops"
     );
 });

@@ -621,13 +621,7 @@ both!(
     slow_reader_is_disconnected,
     env = [("ECHO_DELAY_MS", "0")],
     |app| async move {
-        let ws_count = |app: &TestApp| {
-            app.state
-                .engine
-                .metrics
-                .ws_connections
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
+        let ws_count = |app: &TestApp| app.state.engine.snapshot().websocket_connections;
         let u = app.register(&uname("slow")).await;
         // Long replies: let echo answer up to 20 000 tokens, and give the user the credits for it.
         let boss = uname("slowboss");

@@ -5,9 +5,9 @@
 
 use futures::future::join_all;
 use questech::storage::{chat, ledger, usage, Db};
-use questech_actors::events::{MsgUsage, StoredMessage};
-use questech_actors::meter::TurnStatus;
-use questech_actors::ports::{BeginOutcome, BeginTurn, FinishTurn, SettleCall};
+use questech_engine::events::{MsgUsage, StoredMessage};
+use questech_engine::meter::TurnStatus;
+use questech_engine::ports::{BeginOutcome, BeginTurn, FinishTurn, SettleCall};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::atomic::Ordering;

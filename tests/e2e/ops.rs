@@ -165,7 +165,7 @@ both!(metrics_exposes_engine_and_http_figures, |app| async move {
         "questech_http_requests_total{method=\"POST\",route=\"/chat/conversations/{id}/messages\",status=\"200\"}",
         "questech_http_request_duration_seconds_bucket",
         "questech_ws_connections",
-        "questech_actors{kind=\"conversation\"}",
+        "questech_engine{kind=\"conversation\"}",
         "questech_mailbox_depth_max",
         "questech_actor_restarts_total",
         "questech_chat_turns_total{status=\"complete\"}",

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use questech_actors::conversation::ConvMsg;
 use questech_fake_upstream::Behavior;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -46,13 +45,10 @@ async fn poison_midturn(backend: Backend) {
         "the turn holds a reservation"
     );
 
-    let entry = app
-        .state
-        .engine
-        .registry
-        .conversation(cid)
-        .expect("the conversation's actor is running");
-    assert!(entry.send(ConvMsg::Poison).is_ok());
+    assert!(
+        app.state.engine.poison_conversation(cid),
+        "the conversation's actor is running"
+    );
 
     // The watching device gets chat.error for the lost turn.
     let (_, err) = ws
@@ -165,11 +161,11 @@ both!(
         let cid: i64 = conv.parse().unwrap();
         let (s, b) = say(&app, &u.access, &conv, "wake up").await;
         assert_eq!(s, StatusCode::OK, "{b}");
-        let reg = &app.state.engine.registry;
-        assert!(reg.conversation(cid).is_some());
-        assert!(reg.user(u.uid()).is_some());
+        let engine = &app.state.engine;
+        assert!(engine.runs_conversation(cid));
+        assert!(engine.runs_user(u.uid()));
         eventually(Duration::from_secs(6), "idle actors stop", || async {
-            (reg.conversation(cid).is_none() && reg.user(u.uid()).is_none()).then_some(())
+            (!engine.runs_conversation(cid) && !engine.runs_user(u.uid())).then_some(())
         })
         .await;
         let snap = app.state.engine.snapshot();
@@ -181,12 +177,12 @@ both!(
         assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(b["user_message"]["seq"], 3);
         assert_eq!(b["assistant_message"]["content"], "Echo: again");
-        assert!(reg.conversation(cid).is_some());
+        assert!(engine.runs_conversation(cid));
 
         // A connected device keeps its user's session alive past the idle time.
         let mut ws = Ws::connect(&app, &u.access).await;
         tokio::time::sleep(Duration::from_millis(2_500)).await;
-        assert!(reg.user(u.uid()).is_some(), "kept alive by the socket");
+        assert!(engine.runs_user(u.uid()), "kept alive by the socket");
         let (s, b) = say(&app, &u.access, &conv, "still here").await;
         assert_eq!(s, StatusCode::OK, "{b}");
         let frames = ws.turn(&conv).await;
@@ -216,13 +212,10 @@ both!(
         let (_, _) = ws.until(|f| f["type"] == "chat.delta").await;
         // The idle conversation's actor crashes: it had no turn, so nothing is undone — in
         // particular not the other conversation's in-flight slot, nor anyone's error frame.
-        let entry = app
-            .state
-            .engine
-            .registry
-            .conversation(idle.parse().unwrap())
-            .expect("idle actor still running");
-        assert!(entry.send(ConvMsg::Poison).is_ok());
+        assert!(
+            app.state.engine.poison_conversation(idle.parse().unwrap()),
+            "idle actor still running"
+        );
         eventually(Duration::from_secs(5), "restart counted", || async {
             (app.state.engine.snapshot().restarts.conversation == 1).then_some(())
         })

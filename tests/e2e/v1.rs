@@ -166,14 +166,14 @@ async fn wait_api_rows(app: &TestApp, uid: i64, n: usize) -> Vec<(i64, Option<St
 }
 
 fn local_prompt_tokens(messages: &[(&str, &str)]) -> i64 {
-    let msgs: Vec<questech_actors::llm::ChatMessage> = messages
+    let msgs: Vec<questech_engine::llm::ChatMessage> = messages
         .iter()
-        .map(|(r, c)| questech_actors::llm::ChatMessage {
+        .map(|(r, c)| questech_engine::llm::ChatMessage {
             role: (*r).into(),
             content: (*c).into(),
         })
         .collect();
-    questech_actors::tokens::count_messages(&msgs) as i64
+    questech_engine::tokens::count_messages(&msgs) as i64
 }
 
 fn sdk(app: &TestApp, key: &str) -> async_openai::Client<OpenAIConfig> {
@@ -822,7 +822,7 @@ both!(stream_drop_after_two_chunks, |app| async move {
     // Charged the prompt (counted locally: the provider's usage never came) and the two
     // delivered tokens, without the per-request price.
     let prompt = local_prompt_tokens(&[("user", "Say hello")]);
-    let delivered = questech_actors::tokens::count("Hello from") as i64;
+    let delivered = questech_engine::tokens::count("Hello from") as i64;
     let rows = ledger_rows(&node, u.uid(), "api").await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, -(prompt + delivered));

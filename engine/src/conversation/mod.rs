@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Core, Engine};
 use crate::error::EngineError;
-use crate::events::{Credits, StoredMessage};
+use crate::events::{Frame, StoredMessage};
 use crate::llm::ChatMessage;
 use crate::meter::{Collector, Plan};
 use crate::pool::JobEvent;
@@ -47,27 +47,11 @@ pub enum Ack {
     },
 }
 
-/// Updates of a started turn, for the requester (REST/SSE); devices get frames instead.
-#[derive(Debug, Clone)]
-pub enum TurnUpdate {
-    Delta {
-        message_id: i64,
-        index: u64,
-        delta: String,
-    },
-    Done {
-        message: StoredMessage,
-        credits: Credits,
-    },
-    Failed {
-        error: EngineError,
-        message: Option<StoredMessage>,
-    },
-}
-
+/// A started turn, for its requester (REST/SSE): the first answer, then the same frames the
+/// user's devices get (`chat.delta`…, then `chat.done` or `chat.error`).
 pub struct TurnHandle {
     pub ack: oneshot::Receiver<Result<Ack, EngineError>>,
-    pub updates: mpsc::UnboundedReceiver<TurnUpdate>,
+    pub updates: mpsc::UnboundedReceiver<Frame>,
 }
 
 pub struct SendTurn {
@@ -77,7 +61,7 @@ pub struct SendTurn {
     pub client_msg_id: Option<String>,
     pub model: Option<String>,
     pub ack: oneshot::Sender<Result<Ack, EngineError>>,
-    pub updates: Option<mpsc::UnboundedSender<TurnUpdate>>,
+    pub updates: Option<mpsc::UnboundedSender<Frame>>,
 }
 
 // `Poison` is hidden, not a marker of non-exhaustiveness.
@@ -140,7 +124,7 @@ struct Turn {
     _cancel_on_drop: tokio_util::sync::DropGuard,
     /// Set by `Abort`: the cancellation ends the turn as failed, not cancelled.
     aborted: bool,
-    updates: Option<mpsc::UnboundedSender<TurnUpdate>>,
+    updates: Option<mpsc::UnboundedSender<Frame>>,
     started: Instant,
 }
 

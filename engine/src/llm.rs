@@ -17,6 +17,16 @@ pub struct ChatMessage {
     pub content: Arc<str>,
 }
 
+impl ChatMessage {
+    /// A message with this role and text.
+    pub fn new(role: &str, content: &str) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
 /// Token usage as reported by a provider (or counted locally when it reports none).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Usage {

@@ -5,10 +5,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ractor::ActorRef;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{build_context, Ack, ConvMsg, ConvState, SendTurn, Turn, TurnUpdate, HISTORY_KEEP};
+use super::{build_context, Ack, ConvMsg, ConvState, SendTurn, Turn, HISTORY_KEEP};
+use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::events::{Credits, ErrorBody, Frame, MsgUsage, StoredMessage};
 use crate::llm::{ChatMessage, ChatRequest};
@@ -189,6 +191,7 @@ impl ConvState {
     }
 
     pub(super) async fn on_upstream(&mut self, turn_id: i64, event: JobEvent) {
+        let engine = self.engine();
         let Some(turn) = self.turn.as_mut().filter(|t| t.id == turn_id) else {
             return; // a late event of a finished turn
         };
@@ -200,13 +203,6 @@ impl ConvState {
         };
         let index = turn.index;
         turn.index += 1;
-        if let Some(u) = &turn.updates {
-            let _ = u.send(TurnUpdate::Delta {
-                message_id: turn.assistant_id,
-                index,
-                delta: delta.clone(),
-            });
-        }
         let frame = Frame::Delta {
             conversation_id: self.id,
             message_id: turn.assistant_id,
@@ -214,7 +210,7 @@ impl ConvState {
             delta,
         };
         let user = turn.user_id;
-        self.engine().publish(user, &frame);
+        tell(&engine, turn.updates.as_ref(), user, frame);
     }
 
     /// Ends the turn: stores the assistant message, settles credits, tells everyone.
@@ -283,48 +279,25 @@ impl ConvState {
         if done.is_some() {
             self.remember(&turn, bill.completion_tokens);
         }
-        match (done, error) {
-            (Some(done), None) => {
-                let credits = Credits {
+        let end = match (&done, error) {
+            (Some(done), None) => Frame::Done {
+                conversation_id: self.id,
+                message: done.assistant.clone(),
+                credits: Credits {
                     charged: done.charged,
                     balance: done.balance,
-                };
-                engine.publish(
-                    user,
-                    &Frame::Done {
-                        conversation_id: self.id,
-                        message: done.assistant.clone(),
-                        credits,
-                    },
-                );
-                if let Some(u) = &turn.updates {
-                    let _ = u.send(TurnUpdate::Done {
-                        message: done.assistant,
-                        credits,
-                    });
-                }
-                engine.charged(user, done.charged, done.balance, "chat");
-            }
-            (done, Some(err)) => {
-                engine.publish(
-                    user,
-                    &Frame::ChatError {
-                        id: turn.client_msg_id.clone(),
-                        conversation_id: self.id,
-                        error: ErrorBody::from(&err),
-                    },
-                );
-                if let Some(u) = &turn.updates {
-                    let _ = u.send(TurnUpdate::Failed {
-                        error: err,
-                        message: done.as_ref().map(|d| d.assistant.clone()),
-                    });
-                }
-                if let Some(d) = done {
-                    engine.charged(user, d.charged, d.balance, "chat");
-                }
-            }
-            (None, None) => {}
+                },
+            },
+            (_, Some(err)) => Frame::ChatError {
+                id: turn.client_msg_id.clone(),
+                conversation_id: self.id,
+                error: ErrorBody::from(&err),
+            },
+            (None, None) => return,
+        };
+        tell(&engine, turn.updates.as_ref(), user, end);
+        if let Some(d) = done {
+            engine.charged(user, d.charged, d.balance, "chat");
         }
     }
 
@@ -353,5 +326,13 @@ impl ConvState {
         while l.history.len() > HISTORY_KEEP {
             l.history.pop_front();
         }
+    }
+}
+
+/// One frame to every device of the user and to the turn's requester.
+fn tell(engine: &Engine, requester: Option<&UnboundedSender<Frame>>, user_id: i64, frame: Frame) {
+    engine.publish(user_id, &frame);
+    if let Some(r) = requester {
+        let _ = r.send(frame);
     }
 }

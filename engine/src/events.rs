@@ -65,6 +65,27 @@ impl From<&EngineError> for ErrorBody {
     }
 }
 
+/// An error as a frame carried it, back to the engine's error (for a requester that answers
+/// in HTTP): the same code, status and `Retry-After`.
+impl From<&ErrorBody> for EngineError {
+    fn from(b: &ErrorBody) -> Self {
+        let m = b.message.clone();
+        let retry_after = b.retry_after.unwrap_or(1);
+        match b.code.as_str() {
+            "invalid_request" => EngineError::InvalidRequest(m),
+            "insufficient_credits" => EngineError::InsufficientCredits,
+            "not_found" => EngineError::NotFound(m),
+            "model_not_found" => EngineError::ModelNotFound(m),
+            "conversation_busy" => EngineError::ConversationBusy,
+            "rate_limited" => EngineError::RateLimited { retry_after },
+            "overloaded" => EngineError::Overloaded { retry_after },
+            "upstream_error" => EngineError::UpstreamError(m),
+            "upstream_timeout" => EngineError::UpstreamTimeout,
+            _ => EngineError::Internal(m),
+        }
+    }
+}
+
 /// Server → client frames.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type")]
@@ -146,6 +167,31 @@ impl Frame {
             Frame::SyncDone { .. } => "sync.done",
             Frame::Pong => "pong",
             Frame::Error { .. } => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_survives_the_round_trip_through_a_frame() {
+        for e in [
+            EngineError::InvalidRequest("x".into()),
+            EngineError::InsufficientCredits,
+            EngineError::NotFound("x".into()),
+            EngineError::ModelNotFound("x".into()),
+            EngineError::ConversationBusy,
+            EngineError::RateLimited { retry_after: 7 },
+            EngineError::Overloaded { retry_after: 2 },
+            EngineError::UpstreamError("x".into()),
+            EngineError::UpstreamTimeout,
+            EngineError::Internal("x".into()),
+        ] {
+            let back = EngineError::from(&ErrorBody::from(&e));
+            assert_eq!(back.code(), e.code());
+            assert_eq!(back.retry_after(), e.retry_after());
         }
     }
 }

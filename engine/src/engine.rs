@@ -58,23 +58,33 @@ impl Default for EngineConfig {
     }
 }
 
+/// The engine's shared state. Private: the front door uses [`Engine`]'s methods.
 pub struct Core {
-    pub cfg: EngineConfig,
-    pub store: Arc<dyn Store>,
-    pub limits: Arc<dyn Limits>,
-    pub fanout: Arc<dyn Fanout>,
-    pub pool: Pool,
-    pub registry: Registry,
-    pub metrics: Metrics,
-    pub tracker: TaskTracker,
-    pub shutdown: CancellationToken,
+    /// Limits and timings.
+    pub(crate) cfg: EngineConfig,
+    /// The database: messages, seq, turn locks, credits (the authority).
+    pub(crate) store: Arc<dyn Store>,
+    /// Per-user limits shared by the nodes.
+    pub(crate) limits: Arc<dyn Limits>,
+    /// The other nodes: frames, cancels, kicks.
+    pub(crate) fanout: Arc<dyn Fanout>,
+    /// All outbound concurrency to model providers.
+    pub(crate) pool: Pool,
+    /// The actors running on this node.
+    pub(crate) registry: Registry,
+    /// Counters operators see.
+    pub(crate) metrics: Metrics,
+    /// Work shutdown waits for (turn tasks, finalisers).
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled at shutdown.
+    pub(crate) shutdown: CancellationToken,
     turn_rate: RateMeter,
     supervisor: OnceLock<ActorRef<SupMsg>>,
 }
 
 /// Cheap-to-clone handle to the engine.
 #[derive(Clone)]
-pub struct Engine(pub Arc<Core>);
+pub struct Engine(pub(crate) Arc<Core>);
 
 impl std::ops::Deref for Engine {
     type Target = Core;
@@ -354,6 +364,51 @@ impl Engine {
             },
             llm: self.pool.snapshot(),
         }
+    }
+
+    /// The LLM pool's providers as operators see them.
+    pub fn providers(&self) -> Vec<crate::pool::ProviderSnapshot> {
+        self.pool.snapshot()
+    }
+
+    /// Outbound frames queued per WebSocket before the client counts as too slow.
+    pub fn ws_queue(&self) -> usize {
+        self.cfg.ws_queue
+    }
+
+    /// Counts a WebSocket opened (`true`) or closed (`false`).
+    pub fn socket(&self, opened: bool) {
+        if opened {
+            self.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells the user's session actor on this node that a connection closed.
+    pub fn detach(&self, user_id: i64, conn_id: u64) {
+        if let Some(e) = self.registry.user(user_id) {
+            let _ = e.send(UserMsg::Detach { conn_id });
+        }
+    }
+
+    /// Test hook: makes a conversation's actor panic, to prove supervision. `false` if it does
+    /// not run here. Not reachable from the network.
+    #[doc(hidden)]
+    pub fn poison_conversation(&self, conv_id: i64) -> bool {
+        self.registry
+            .conversation(conv_id)
+            .is_some_and(|e| e.send(ConvMsg::Poison).is_ok())
+    }
+
+    /// Whether a conversation's actor runs on this node (operators, tests).
+    pub fn runs_conversation(&self, conv_id: i64) -> bool {
+        self.registry.conversation(conv_id).is_some()
+    }
+
+    /// Whether a user's session actor runs on this node (operators, tests).
+    pub fn runs_user(&self, user_id: i64) -> bool {
+        self.registry.user(user_id).is_some()
     }
 
     /// Number of turns in flight on this node (for graceful shutdown).
