@@ -98,14 +98,14 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 }
 
 async fn create_user(config: Config, username: String, role: String) -> anyhow::Result<()> {
-    crate::http::user::validate_username(&username).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::auth::account::validate_username(&username).map_err(|e| anyhow::anyhow!("{e}"))?;
     if crate::auth::Role::parse(&role).is_none() {
         anyhow::bail!("role must be user or admin");
     }
     let mut password = String::new();
     std::io::stdin().read_to_string(&mut password)?;
     let password = password.trim_end_matches(['\r', '\n']).to_owned();
-    crate::http::user::validate_password(&password, "password")
+    crate::auth::account::validate_password(&password, "password")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = AppState::build(config).await?;
     let hash = crate::auth::password::hash(password, state.config.bcrypt_cost).await?;

@@ -1,6 +1,8 @@
 //! Authentication: JWT access tokens, opaque rotating refresh tokens, bcrypt passwords, and the
 //! extractor that turns a bearer token into an [`AuthUser`] (checking the session is live).
 
+pub mod account;
+pub mod api_keys;
 pub mod apple;
 pub mod crypto;
 pub mod jwt;

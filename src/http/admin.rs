@@ -9,8 +9,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Json, PageQuery, Path, Query};
-use crate::auth::AuthUser;
+use super::{Admin, Json, PageQuery, Path, Query};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::storage::models::{AdminModelView, ModelRow};
@@ -26,8 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[utoipa::path(get, path = "/actors", tag = "admin", responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
-async fn actors(State(state): State<AppState>, user: AuthUser) -> Result<impl IntoResponse> {
-    user.require_admin()?;
+async fn actors(State(state): State<AppState>, _: Admin) -> Result<impl IntoResponse> {
     Ok(Json(state.engine.snapshot()))
 }
 
@@ -174,10 +172,9 @@ fn apply(row: &mut ModelRow, b: ModelBody) -> Result<()> {
 #[utoipa::path(get, path = "/models", tag = "admin", params(PageQuery), responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn list_models(
     State(state): State<AppState>,
-    user: AuthUser,
+    _: Admin,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paged<AdminModelView>>> {
-    user.require_admin()?;
     let page = q.page();
     let all = storage::models::list(&state.db).await?;
     let total = all.len() as i64;
@@ -193,10 +190,9 @@ async fn list_models(
 #[utoipa::path(post, path = "/models", tag = "admin", request_body = ModelBody, responses((status = 201, description = "success", body = AdminModelView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn create_model(
     State(state): State<AppState>,
-    user: AuthUser,
+    _: Admin,
     Json(body): Json<ModelBody>,
 ) -> Result<impl IntoResponse> {
-    user.require_admin()?;
     let id = body
         .id
         .clone()
@@ -236,10 +232,9 @@ async fn create_model(
 #[utoipa::path(get, path = "/models/{id}", tag = "admin", params(("id" = String, Path, description = "id")), responses((status = 200, description = "success", body = AdminModelView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn get_model(
     State(state): State<AppState>,
-    user: AuthUser,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<AdminModelView>> {
-    user.require_admin()?;
     let row = storage::models::get(&state.db, &id)
         .await?
         .ok_or_else(|| Error::not_found("model not found"))?;
@@ -249,11 +244,10 @@ async fn get_model(
 #[utoipa::path(patch, path = "/models/{id}", tag = "admin", params(("id" = String, Path, description = "id")), request_body = ModelBody, responses((status = 200, description = "success", body = AdminModelView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn patch_model(
     State(state): State<AppState>,
-    user: AuthUser,
+    _: Admin,
     Path(id): Path<String>,
     Json(body): Json<ModelBody>,
 ) -> Result<Json<AdminModelView>> {
-    user.require_admin()?;
     let mut row = storage::models::get(&state.db, &id)
         .await?
         .ok_or_else(|| Error::not_found("model not found"))?;
@@ -273,10 +267,9 @@ async fn patch_model(
 #[utoipa::path(delete, path = "/models/{id}", tag = "admin", params(("id" = String, Path, description = "id")), responses((status = 204, description = "success"), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn delete_model(
     State(state): State<AppState>,
-    user: AuthUser,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    user.require_admin()?;
     if !storage::models::delete(&state.db, &id).await? {
         return Err(Error::not_found("model not found"));
     }
@@ -293,11 +286,10 @@ struct GrantBody {
 #[utoipa::path(post, path = "/users/{id}/credits", tag = "admin", params(("id" = String, Path, description = "id")), request_body = GrantBody, responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn grant(
     State(state): State<AppState>,
-    user: AuthUser,
+    _: Admin,
     Path(id): Path<String>,
     Json(body): Json<GrantBody>,
 ) -> Result<Json<serde_json::Value>> {
-    user.require_admin()?;
     let target = crate::ids::parse(&id).ok_or_else(|| Error::not_found("user not found"))?;
     if body.delta == 0 || body.delta.unsigned_abs() > 1_000_000_000 {
         return Err(Error::invalid(

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Json, PageQuery, Path, Query};
-use crate::auth::AuthUser;
+use super::rules::{check_label, check_len as check_text, check_url, parse_id};
+use super::{Admin, Json, PageQuery, Path, Query};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::storage::agents::{self, AdminAgentView, AgentRow};
@@ -31,70 +31,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
                 .routes(routes!(put_app_config))
                 .layer(DefaultBodyLimit::max(APP_CONFIG_MAX_BYTES)),
         )
-}
-
-/// The caller, who must be an admin: `unauthorized` without a valid token, `forbidden` for any
-/// other role. A parts extractor, so it answers before the body is even read.
-pub struct Admin(pub AuthUser);
-
-impl axum::extract::FromRequestParts<AppState> for Admin {
-    type Rejection = Error;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
-        user.require_admin()?;
-        Ok(Admin(user))
-    }
-}
-
-// ---- validation -------------------------------------------------------------------------------
-
-fn check_text(field: &str, v: &str, min: usize, max: usize) -> Result<()> {
-    let n = v.chars().count();
-    if n < min || n > max {
-        return Err(Error::invalid(
-            field,
-            &format!("must be {min} to {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// A one-line label: no control characters.
-fn check_label(field: &str, v: &str, min: usize, max: usize) -> Result<()> {
-    check_text(field, v, min, max)?;
-    if v.chars().any(char::is_control) || (min > 0 && v.trim().is_empty()) {
-        return Err(Error::invalid(
-            field,
-            "must not be blank or contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// Empty, an http(s) URL, or a `/static/` path; at most 1024 characters.
-pub fn check_url(field: &str, u: &str) -> Result<()> {
-    let ok = u.is_empty()
-        || (u.len() <= 1024
-            && ((u.starts_with("/static/")
-                && !u.contains("..")
-                && !u.chars().any(char::is_control))
-                || url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"))));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            "must be an http(s) URL or a /static/ path of at most 1024 characters",
-        ))
-    }
-}
-
-fn parse_id(id: &str, what: &str) -> Result<i64> {
-    crate::ids::parse(id).ok_or_else(|| Error::not_found(format!("{what} not found")))
 }
 
 // ---- agents -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::admin_content::Admin;
+use super::Admin;
 use super::{Json, Path, Query};
 use crate::auth::{self, Role};
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 fn admin_view(state: &AppState, u: &users::UserRow) -> users::UserView {
-    let mut v = super::user::user_view(state, u);
+    let mut v = crate::auth::account::user_view(state, u);
     v.disabled = Some(u.is_disabled());
     v
 }
@@ -112,7 +112,7 @@ async fn sign_out_everywhere(state: &AppState, user_id: i64) -> Result<()> {
     auth::revoke_sessions(state, &sids).await?;
     // API keys stay valid but their cached look-ups (owner, role, disabled) are dropped, so a
     // disabled owner's keys are refused on the very next request.
-    crate::http::api_keys::forget_user_keys(state, user_id).await?;
+    crate::auth::api_keys::forget_user_keys(state, user_id).await?;
     state.engine.kick(user_id);
     tracing::info!(user_id, sessions = sids.len(), "user signed out everywhere");
     Ok(())

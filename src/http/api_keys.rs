@@ -1,6 +1,6 @@
 //! API keys and usage history (SPEC §5), under `/user`: `POST/GET /api-keys`,
 //! `DELETE /api-keys/{id}`, `GET /usage`. These endpoints take the access token only; the keys
-//! they mint are accepted on `/v1` alone (see [`crate::http::v1::V1Auth`]).
+//! they mint are accepted on `/v1` alone (see [`crate::auth::api_keys`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,36 +25,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(revoke))
         .routes(routes!(usage_list))
-}
-
-/// The cache entry of a key, by the key's hash (positive look-ups only).
-pub fn cache_key(key_hash: &str) -> String {
-    format!("apikey:{key_hash}")
-}
-
-/// What a key's cache entry holds after a change: not a positive look-up, so the next request
-/// asks the database; and it outlives any positive entry a concurrent look-up may try to write
-/// (those are written with `set_nx` and fail while this is present).
-pub const TOMBSTONE: &str = "stale";
-/// How long a tombstone stays (longer than a positive entry lives).
-pub const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// Invalidates a key's cached look-up on every node.
-pub async fn invalidate(state: &AppState, key_hash: &str) -> Result<()> {
-    state
-        .cache
-        .set(&cache_key(key_hash), TOMBSTONE, Some(TOMBSTONE_TTL))
-        .await?;
-    Ok(())
-}
-
-/// Forgets the cached look-ups of every live key of a user, so that a change to the user
-/// (disabled, role) applies to their keys on the next request.
-pub async fn forget_user_keys(state: &AppState, user_id: i64) -> Result<()> {
-    for h in api_keys::live_hashes(&state.db, user_id).await? {
-        invalidate(state, &h).await?;
-    }
-    Ok(())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -151,7 +121,7 @@ async fn revoke(
         .await?
         .ok_or_else(not_found)?;
     // The next request with this key misses the cache and finds it revoked, on every node.
-    invalidate(&state, &hash).await?;
+    crate::auth::api_keys::invalidate(&state, &hash).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,8 +8,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::sms::{find_or_create, Identity};
-use super::user::{open_session, user_view, UserAndTokens};
 use super::{ClientIp, Json};
+use crate::auth::account::{open_session, user_view, UserAndTokens};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 

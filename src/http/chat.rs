@@ -1,26 +1,23 @@
 //! Stateful chat over REST and SSE (SPEC §7). Conversations and history are read from the
 //! database; sending goes through the engine (user-session → conversation actor → LLM pool).
 
-use std::convert::Infallible;
-
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Json, PageQuery, Path, Query};
+use super::rules::{check_len, default_model, parse_id, usable_model, validate_send};
+use super::{sse, Json, PageQuery, Path, Query};
 use crate::auth::{AuthUser, Role};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::storage::{self, chat, Paged};
 use questech_engine::conversation::Ack;
 use questech_engine::engine::SendTurnRequest;
-use questech_engine::events::{Credits, ErrorBody, Frame};
+use questech_engine::events::{Credits, Frame, StoredMessage};
 use questech_engine::EngineError;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -28,44 +25,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(get_one, patch, delete))
         .routes(routes!(messages, send))
-}
-
-pub fn parse_id(s: &str) -> Result<i64> {
-    crate::ids::parse(s).ok_or_else(|| Error::not_found("not found"))
-}
-
-fn check_text(field: &str, v: &str, max_chars: usize) -> Result<()> {
-    if v.chars().count() > max_chars {
-        return Err(Error::invalid(
-            field,
-            &format!("must be at most {max_chars} characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// The model a new conversation or turn uses: usable (enabled, provider configured) or
-/// `model_not_found`.
-pub async fn usable_model(state: &AppState, id: &str) -> Result<storage::models::ModelRow> {
-    match state.models.get(id).await? {
-        Some(m) if state.engine.is_usable(&m.info()) => Ok(m),
-        _ => Err(Error::Engine(EngineError::ModelNotFound(id.to_owned()))),
-    }
-}
-
-/// `DEFAULT_MODEL`, else `echo` in debug, else the first usable model.
-pub async fn default_model(state: &AppState) -> Result<String> {
-    if let Some(m) = &state.config.default_model {
-        return Ok(m.clone());
-    }
-    let all = state.models.all().await?;
-    if state.config.service_debug && all.iter().any(|m| m.id == "echo" && m.enabled != 0) {
-        return Ok("echo".into());
-    }
-    all.into_iter()
-        .find(|m| state.engine.is_usable(&m.info()))
-        .map(|m| m.id)
-        .ok_or_else(|| Error::Engine(EngineError::ModelNotFound("no model is enabled".into())))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -83,9 +42,9 @@ async fn create(
     Json(body): Json<CreateBody>,
 ) -> Result<impl IntoResponse> {
     let title = body.title.unwrap_or_default();
-    check_text("title", &title, 255)?;
+    check_len("title", &title, 0, 255)?;
     if let Some(sp) = &body.system_prompt {
-        check_text("system_prompt", sp, 100_000)?;
+        check_len("system_prompt", sp, 0, 100_000)?;
     }
     let agent = match &body.agent_id {
         Some(a) => Some(
@@ -131,7 +90,7 @@ async fn list(
 }
 
 async fn load(state: &AppState, user: &AuthUser, id: &str) -> Result<chat::ConversationRow> {
-    chat::get_conversation(&state.db, user.user_id, parse_id(id)?)
+    chat::get_conversation(&state.db, user.user_id, parse_id(id, "conversation")?)
         .await?
         .ok_or_else(|| Error::not_found("conversation not found"))
 }
@@ -160,7 +119,7 @@ async fn patch(
 ) -> Result<Json<chat::ConversationRow>> {
     let conv = load(&state, &user, &id).await?;
     if let Some(t) = &body.title {
-        check_text("title", t, 255)?;
+        check_len("title", t, 0, 255)?;
     }
     if let Some(m) = &body.model {
         usable_model(&state, m).await?;
@@ -183,7 +142,7 @@ async fn delete(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    let id = parse_id(&id)?;
+    let id = parse_id(&id, "conversation")?;
     if !chat::delete_conversation(&state.db, user.user_id, id).await? {
         return Err(Error::not_found("conversation not found"));
     }
@@ -217,23 +176,6 @@ struct SendBody {
     client_msg_id: Option<String>,
     model: Option<String>,
     stream: Option<bool>,
-}
-
-/// Validates a chat message's fields (shared with the WebSocket).
-pub fn validate_send(content: &str, client_msg_id: Option<&str>) -> Result<()> {
-    if content.trim().is_empty() {
-        return Err(Error::invalid("content", "must not be empty"));
-    }
-    check_text("content", content, 32_000)?;
-    if let Some(c) = client_msg_id {
-        if c.is_empty() || c.len() > 128 {
-            return Err(Error::invalid(
-                "client_msg_id",
-                "must be 1 to 128 characters",
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[utoipa::path(post, path = "/conversations/{id}/messages", tag = "chat", params(("id" = String, Path, description = "id")), request_body = SendBody, responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
@@ -283,6 +225,17 @@ async fn send(
                 .as_ref()
                 .map(|m| m.credits_charged)
                 .unwrap_or(0);
+            if wants_sse {
+                let credits = Credits { charged, balance };
+                let frames = replayed(
+                    body.client_msg_id,
+                    conv.id,
+                    user_message,
+                    assistant_message,
+                    credits,
+                );
+                return Ok(sse::replay(frames));
+            }
             Ok(Json(json!({
                 "user_message": user_message,
                 "assistant_message": assistant_message,
@@ -297,7 +250,7 @@ async fn send(
                 conversation_id: conv.id,
                 message: user_message,
             };
-            Ok(sse(conv.id, ack, handle.updates).into_response())
+            Ok(sse::turn(conv.id, ack, handle.updates))
         }
         Ack::Started { user_message, .. } => {
             while let Some(frame) = handle.updates.recv().await {
@@ -323,53 +276,35 @@ async fn send(
     }
 }
 
-fn event(frame: &Frame) -> Event {
-    Event::default()
-        .event(frame.kind())
-        .data(String::from_utf8_lossy(&frame.to_bytes()))
-}
-
-/// The turn as SSE: `chat.ack`, then the turn's frames (`chat.delta`…, then `chat.done` or
-/// `chat.error`), each as the event of its type.
-fn sse(
+/// The events a turn gave, rebuilt from what was stored: `chat.ack`, its text as one
+/// `chat.delta`, and `chat.done` with the stored assistant message (whose `status` says whether
+/// it completed, was cancelled or failed). A turn with no stored answer replays its ack only.
+fn replayed(
+    id: Option<String>,
     conversation_id: i64,
-    ack: Frame,
-    mut updates: tokio::sync::mpsc::UnboundedReceiver<Frame>,
-) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
-    let stream = async_stream_lite(move |tx| async move {
-        let _ = tx.send(event(&ack));
-        while let Some(frame) = updates.recv().await {
-            let last = matches!(frame, Frame::Done { .. } | Frame::ChatError { .. });
-            if tx.send(event(&frame)).is_err() {
-                // The client went away; the turn goes on and is stored.
-                return;
-            }
-            if last {
-                return;
-            }
+    user_message: StoredMessage,
+    assistant: Option<StoredMessage>,
+    credits: Credits,
+) -> Vec<Frame> {
+    let mut frames = vec![Frame::Ack {
+        id,
+        conversation_id,
+        message: user_message,
+    }];
+    if let Some(message) = assistant {
+        if !message.content.is_empty() {
+            frames.push(Frame::Delta {
+                conversation_id,
+                message_id: message.id,
+                index: 0,
+                delta: message.content.to_string(),
+            });
         }
-        // The turn ended without an answer (its actor crashed or was stopped): say so rather
-        // than end the stream in silence.
-        let err = EngineError::Internal("the turn was lost; please retry".into());
-        let _ = tx.send(event(&Frame::ChatError {
-            id: None,
+        frames.push(Frame::Done {
             conversation_id,
-            error: ErrorBody::from(&err),
-        }));
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-/// A tiny generator: runs `f` with a sender and yields what it sends.
-fn async_stream_lite<F, Fut>(f: F) -> impl Stream<Item = std::result::Result<Event, Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(f(tx));
-    futures::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-    )
+            message,
+            credits,
+        });
+    }
+    frames
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::rules::parse_id;
 use super::{Json, PageQuery, Path, Query};
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -20,10 +21,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_articles))
         .routes(routes!(get_article))
         .routes(routes!(get_app_config))
-}
-
-fn parse_id(id: &str, what: &str) -> Result<i64> {
-    crate::ids::parse(id).ok_or_else(|| Error::not_found(format!("{what} not found")))
 }
 
 #[utoipa::path(get, path = "/intelligent/agents", tag = "content", params(PageQuery), responses((status = 200, description = "published agents: {items, page, page_size, total}", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]

@@ -8,19 +8,20 @@ pub mod api_keys;
 pub mod apple;
 pub mod chat;
 pub mod content;
+mod extract;
 pub mod health;
 pub mod models;
 pub mod ops;
+pub(crate) mod rules;
 pub mod sms;
+pub(crate) mod sse;
 pub mod toolkit;
 pub mod upload;
 pub mod user;
 pub mod v1;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::http::{HeaderName, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -33,72 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::Error;
 use crate::state::AppState;
-
-/// JSON body extractor whose rejections are `invalid_request` / `payload_too_large`.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(Error))]
-pub struct Json<T>(pub T);
-
-impl<T: serde::Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
-    }
-}
-
-/// Query-string extractor whose rejections are `invalid_request`.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(Error))]
-pub struct Query<T>(pub T);
-
-/// Path extractor whose rejections are `not_found`.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(Error))]
-pub struct Path<T>(pub T);
-
-/// `?page=&page_size=` of every paginated list.
-#[derive(serde::Deserialize, Default, utoipa::IntoParams)]
-pub struct PageQuery {
-    pub page: Option<i64>,
-    pub page_size: Option<i64>,
-}
-
-impl PageQuery {
-    pub fn page(&self) -> crate::storage::Page {
-        crate::storage::Page::new(self.page, self.page_size)
-    }
-}
-
-/// The client's address: the socket peer, or the first `X-Forwarded-For` hop when
-/// `TRUST_PROXY_HEADERS=true` (behind nginx).
-pub struct ClientIp(pub String);
-
-impl FromRequestParts<AppState> for ClientIp {
-    type Rejection = Error;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Error> {
-        if state.config.trust_proxy_headers {
-            if let Some(ip) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            {
-                return Ok(ClientIp(ip.to_owned()));
-            }
-        }
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        Ok(ClientIp(ip))
-    }
-}
+pub use extract::{parse as parse_json, Admin, ClientIp, Json, PageQuery, Path, Query, V1Auth};
 
 async fn not_found() -> Error {
     Error::not_found("no such route")

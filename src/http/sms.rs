@@ -27,8 +27,8 @@ use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::user::{open_session, user_view, UserAndTokens};
 use super::{ClientIp, Json};
+use crate::auth::account::{open_session, user_view, UserAndTokens};
 use crate::auth::crypto::{self, mask_phone};
 use crate::config::SmsProvider;
 use crate::error::{Error, Result};

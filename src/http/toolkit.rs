@@ -144,7 +144,7 @@ async fn one_shot(
     user: &AuthUser,
     messages: Vec<ChatMessage>,
 ) -> Result<ToolAnswer> {
-    let model_id = super::chat::default_model(state).await?;
+    let model_id = super::rules::default_model(state).await?;
     let model = state.engine.usable_model(&model_id).await?;
     let prompt_local = tokens::count_messages_off_runtime(&messages).await;
     let request = ChatRequest {

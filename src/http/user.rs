@@ -8,6 +8,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ClientIp, Json, PageQuery, Query};
+use crate::auth::account::{
+    open_session, user_view, validate_password, validate_username, Tokens, UserAndTokens,
+};
 use crate::auth::{self, password, AuthUser};
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -23,45 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ledger_list))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Tokens {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub token_type: &'static str,
-    pub expires_in: i64,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct UserAndTokens {
-    pub user: users::UserView,
-    pub tokens: Tokens,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created: Option<bool>,
-}
-
 // ---- validation -------------------------------------------------------------------------------
-
-pub fn validate_username(u: &str) -> Result<()> {
-    let ok =
-        (3..=20).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "username",
-            "must be 3 to 20 characters of letters, digits and underscore",
-        ))
-    }
-}
-
-pub fn validate_password(p: &str, field: &str) -> Result<()> {
-    let n = p.chars().count();
-    if (8..=128).contains(&n) {
-        Ok(())
-    } else {
-        Err(Error::invalid(field, "must be 8 to 128 characters"))
-    }
-}
 
 fn validate_nickname(n: &str) -> Result<()> {
     if n.chars().count() > 64 || n.chars().any(char::is_control) {
@@ -71,70 +36,6 @@ fn validate_nickname(n: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn validate_avatar_url(u: &str) -> Result<()> {
-    let ok = u.is_empty()
-        || (u.len() <= 1024
-            && (u.starts_with("/static/")
-                || url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"))));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "avatar_url",
-            "must be an http(s) URL or a /static/ path of at most 1024 characters",
-        ))
-    }
-}
-
-// ---- sessions -----------------------------------------------------------------------------------
-
-/// Opens a session (one per device/login) and issues its first token pair.
-pub async fn open_session(
-    state: &AppState,
-    user: &users::UserRow,
-    headers: &HeaderMap,
-    ip: &str,
-) -> Result<Tokens> {
-    let sid = crate::ids::next_id();
-    let refresh = auth::random_token("rt_");
-    let ttl_ms = state.config.jwt_refresh_ttl.as_millis() as i64;
-    let device = headers
-        .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    sessions::create(
-        &state.db,
-        sid,
-        user.id,
-        device,
-        ip,
-        &auth::token_hash(&refresh),
-        crate::time::now_ms() + ttl_ms,
-    )
-    .await?;
-    Ok(Tokens {
-        access_token: state.jwt.issue(user.id, sid, &user.role)?,
-        refresh_token: refresh,
-        token_type: "Bearer",
-        expires_in: state.jwt.ttl_secs(),
-    })
-}
-
-/// The user object as the owner sees it (phone masked).
-pub fn user_view(state: &AppState, u: &users::UserRow) -> users::UserView {
-    let masked = u.phone_enc.as_deref().and_then(|enc| {
-        let phone = auth::crypto::decrypt(&state.config.encryption_key, enc);
-        if phone.is_none() {
-            tracing::warn!(
-                user_id = u.id,
-                "phone_enc does not decrypt (ENCRYPTION_KEY changed?)"
-            );
-        }
-        phone.map(|p| auth::crypto::mask_phone(&p))
-    });
-    u.view(masked)
 }
 
 // ---- handlers -----------------------------------------------------------------------------------
@@ -379,7 +280,7 @@ async fn patch_me(
         validate_nickname(n)?;
     }
     if let Some(a) = &body.avatar_url {
-        validate_avatar_url(a)?;
+        super::rules::check_url("avatar_url", a)?;
     }
     let row = load_user(&state, &user).await?;
     let mut patch = users::ProfilePatch {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, AuthUser, Role};
 use crate::error::{Error, Result};
-use crate::http::chat::{parse_id, validate_send};
+use crate::http::rules::{parse_id, validate_send};
 use crate::state::AppState;
 use crate::storage;
 use questech_engine::conversation::Ack;
@@ -170,7 +170,11 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
                 }
             },
             incoming = stream.next() => {
-                let Some(Ok(msg)) = incoming else { break None };
+                let msg = match incoming {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => break read_failure(e),
+                    None => break None,
+                };
                 last_heard = tokio::time::Instant::now();
                 match msg {
                     Message::Text(t) => {
@@ -199,6 +203,11 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
     // Bounded: a peer that does not read must not keep this task alive.
     let goodbye = async {
         if let Some((code, reason)) = close_code {
+            if code == 1007 {
+                // Say it in the protocol's words too, as every bad frame is answered.
+                let f = protocol_error("invalid_request", "text frames must be UTF-8");
+                let _ = sink.send(text(f.to_bytes())).await;
+            }
             let _ = sink
                 .send(Message::Close(Some(CloseFrame {
                     code,
@@ -211,6 +220,19 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
     let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
     state.engine.socket(false);
     state.engine.detach(user.user_id, conn_id);
+}
+
+/// Why a read failed, as the close frame to answer with: a frame or message past the transport
+/// limit is 1009 like any frame over [`MAX_FRAME`], a text frame that is not UTF-8 is 1007
+/// (RFC 6455 §8.1), and a broken protocol 1002. A vanished peer gets no close frame.
+fn read_failure(e: axum::Error) -> Option<(u16, &'static str)> {
+    use tungstenite::error::Error as WsError;
+    match e.into_inner().downcast::<WsError>().map(|b| *b) {
+        Ok(WsError::Capacity(_)) => Some((1009, "frame too large")),
+        Ok(WsError::Utf8(_)) => Some((1007, "text frames must be UTF-8")),
+        Ok(WsError::Protocol(_)) => Some((1002, "protocol error")),
+        _ => None,
+    }
 }
 
 fn protocol_error(code: &str, message: impl Into<String>) -> Frame {
@@ -242,6 +264,13 @@ async fn handle_frame(
     text: &str,
     tx: &mpsc::Sender<Bytes>,
 ) -> Option<Frame> {
+    // Frames are JSON objects (SPEC §8): serde would also read a tagged enum from an array.
+    if !text.trim_start().starts_with('{') {
+        return Some(protocol_error(
+            "invalid_request",
+            "a frame is a JSON object with a \"type\"",
+        ));
+    }
     let frame: ClientFrame = match serde_json::from_str(text) {
         Ok(f) => f,
         Err(e) => {
@@ -259,7 +288,7 @@ async fn handle_frame(
             content,
             model,
         } => {
-            let conv = match parse_id(&conversation_id) {
+            let conv = match parse_id(&conversation_id, "conversation") {
                 Ok(c) => c,
                 Err(e) => return Some(chat_error(id, 0, &e)),
             };
@@ -315,7 +344,7 @@ async fn handle_frame(
             None
         }
         ClientFrame::Cancel { conversation_id } => {
-            let Ok(conv) = parse_id(&conversation_id) else {
+            let Ok(conv) = parse_id(&conversation_id, "conversation") else {
                 return Some(protocol_error("not_found", "conversation not found"));
             };
             state.engine.cancel(user.user_id, conv);
@@ -325,7 +354,7 @@ async fn handle_frame(
             conversation_id,
             after_seq,
         } => {
-            let Ok(conv) = parse_id(&conversation_id) else {
+            let Ok(conv) = parse_id(&conversation_id, "conversation") else {
                 return Some(protocol_error("not_found", "conversation not found"));
             };
             match sync(state, user, conv, after_seq.unwrap_or(0), tx).await {

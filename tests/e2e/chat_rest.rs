@@ -346,15 +346,25 @@ both!(idempotent_on_client_msg_id, |app| async move {
             "nothing charged again"
         );
     }
-    // Also when streamed: the stored answer, nothing new.
-    let (s, _, again) = app
-        .post(
-            &path,
-            Some(t),
-            Some(json!({"content": "only once", "client_msg_id": "msg-1", "stream": true})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{again}");
+    // Also when streamed: the same event stream the turn gave, replayed from what was stored.
+    let body = json!({"content": "only once", "client_msg_id": "msg-1", "stream": true});
+    let text = sse_turn(&app, t, &conv, body, false).await;
+    let events = parse_sse(&text);
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names, ["chat.ack", "chat.delta", "chat.done"], "{text}");
+    assert_eq!(events[0].1["id"], "msg-1");
+    assert_eq!(events[0].1["message"], first["user_message"]);
+    assert_eq!(
+        events[1].1["delta"], first["assistant_message"]["content"],
+        "{text}"
+    );
+    assert_eq!(events[1].1["message_id"], first["assistant_message"]["id"]);
+    assert_eq!(events[2].1["message"], first["assistant_message"]);
+    assert_eq!(
+        events[2].1["credits"]["charged"],
+        first["credits"]["charged"]
+    );
+    assert_eq!(events[2].1["credits"]["balance"], balance);
     assert_eq!(ledger_rows(&app, u.uid()).await, rows, "no new ledger row");
     let msgs = all_messages(&app, t, &conv).await;
     assert_eq!(msgs.len(), 2, "no new messages: {msgs:#?}");
@@ -454,6 +464,16 @@ both!(sse_stream, |app| async move {
         balance -= charged;
         assert_eq!(done["credits"]["balance"], balance);
     }
+    // The first turn again (same client_msg_id): its events replayed, nothing charged.
+    let again = json!({"content": content, "stream": true, "client_msg_id": "s-1"});
+    let events = parse_sse(&sse_turn(&app, t, &conv, again, false).await);
+    let frames: Vec<Value> = events.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(events.first().map(|e| e.0.as_str()), Some("chat.ack"));
+    assert_eq!(events.last().map(|e| e.0.as_str()), Some("chat.done"));
+    assert_eq!(frames[0]["message"]["seq"], 1);
+    assert_eq!(deltas_text(&frames), format!("Echo: {content}"));
+    assert_eq!(frames.last().unwrap()["message"]["seq"], 2);
+    assert_eq!(frames.last().unwrap()["credits"]["balance"], balance);
     let msgs = all_messages(&app, t, &conv).await;
     assert_eq!(msgs.len(), 4);
     assert_gap_free(&msgs);

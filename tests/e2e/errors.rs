@@ -237,3 +237,50 @@ both!(odd_inputs_never_500, |app| async move {
         .unwrap();
     assert_eq!(c, sum);
 });
+
+both!(json_bodies_must_be_utf8, |app| async move {
+    let u = app.register(&uname("utf")).await;
+    let conv = crate::wsclient::conv_id(&app, &u.access, "echo").await;
+    let (_, _, list) = app.get("/chat/conversations", Some(&u.access)).await;
+    let before = list["total"].clone();
+    // Bad bytes in a field the endpoint reads, and in one it ignores.
+    let bodies: [&[u8]; 3] = [
+        b"{\"title\": \"\xff\xfe\xfd\"}",
+        b"{\"title\": \"ok\", \"ignored\": \"\xc3\x28\"}",
+        b"{\"title\": \"ok\"} \xff",
+    ];
+    let paths = [
+        (Method::POST, "/chat/conversations".to_owned()),
+        (Method::PATCH, format!("/chat/conversations/{conv}")),
+        (Method::POST, format!("/chat/conversations/{conv}/messages")),
+        (Method::PATCH, "/user/me".to_owned()),
+        (Method::POST, "/v1/chat/completions".to_owned()),
+        (Method::POST, "/user/register".to_owned()),
+    ];
+    for (method, path) in &paths {
+        for body in bodies {
+            let req = app
+                .client
+                .request(method.clone(), app.url(path))
+                .bearer_auth(&u.access)
+                .header("content-type", "application/json")
+                .body(body.to_vec());
+            let (s, _, b) = app.send(req).await;
+            assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_request");
+            assert!(
+                b["error"]["message"].as_str().unwrap().contains("UTF-8"),
+                "{method} {path}: {b}"
+            );
+        }
+    }
+    // Nothing changed: no conversation created or renamed, no message stored.
+    let (_, _, list) = app.get("/chat/conversations", Some(&u.access)).await;
+    assert_eq!(list["total"], before);
+    let (_, _, c) = app
+        .get(&format!("/chat/conversations/{conv}"), Some(&u.access))
+        .await;
+    assert_ne!(c["title"], "ok", "{c}");
+    assert!(crate::wsclient::all_messages(&app, &u.access, &conv)
+        .await
+        .is_empty());
+});

@@ -38,3 +38,4 @@ mod tokens;
 mod toolkit;
 mod upload;
 mod v1;
+mod ws_input;

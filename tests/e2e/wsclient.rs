@@ -112,6 +112,11 @@ impl Ws {
         self.stream.send(m).await.expect("websocket send");
     }
 
+    /// Sends without insisting: the server may close mid-way through a huge frame.
+    pub async fn send_lenient(&mut self, m: Message) {
+        let _ = self.stream.send(m).await;
+    }
+
     /// `chat.send` with client id `id`.
     pub async fn chat(&mut self, conversation_id: &str, id: &str, content: &str) {
         self.send(json!({

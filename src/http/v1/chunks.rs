@@ -1,0 +1,103 @@
+//! OpenAI's response objects for one call: the `chat.completion`, and the SSE frames of a
+//! stream (`chat.completion.chunk`s, the usage chunk, `[DONE]`).
+
+use std::collections::VecDeque;
+
+use axum::body::Bytes;
+use serde_json::{json, Value};
+
+use super::call::Relay;
+use crate::error::Error;
+use crate::http::sse::data as sse_data;
+use questech_engine::meter::{Bill, CallEvent, Called};
+
+/// Builds OpenAI's objects for one call.
+pub struct Chunks {
+    pub id: String,
+    pub created: i64,
+    pub model: String,
+    pub include_usage: bool,
+}
+
+fn usage_json(b: &Bill) -> Value {
+    json!({
+        "prompt_tokens": b.prompt_tokens,
+        "completion_tokens": b.completion_tokens,
+        "total_tokens": b.prompt_tokens + b.completion_tokens,
+    })
+}
+
+impl Chunks {
+    pub fn chunk(&self, delta: Value, finish_reason: Value) -> Bytes {
+        let mut c = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        sse_data(&c.to_string())
+    }
+
+    pub fn completion(&self, called: &Called) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": called.text, "refusal": null},
+                "logprobs": null,
+                "finish_reason": called.bill.finish_reason,
+            }],
+            "usage": usage_json(&called.bill),
+        })
+    }
+
+    /// Appends the SSE frames of one relay; returns whether the stream is finished.
+    pub fn frames(&self, relay: Relay, out: &mut VecDeque<Bytes>) -> bool {
+        let called = match relay {
+            Relay::Event(CallEvent::Submitted(_)) => return false,
+            Relay::Event(CallEvent::Delta(d)) => {
+                out.push_back(self.chunk(json!({"content": d}), Value::Null));
+                return false;
+            }
+            Relay::End(r) => *r,
+        };
+        match called {
+            Ok(Called {
+                bill: Bill { error: None, .. },
+                ..
+            }) => {}
+            Ok(Called {
+                bill: Bill { error: Some(e), .. },
+                ..
+            })
+            | Err(e) => {
+                out.push_back(sse_data(&Error::from(e).body_json().to_string()));
+                out.push_back(sse_data("[DONE]"));
+                return true;
+            }
+        }
+        if let Ok(called) = &called {
+            out.push_back(self.chunk(json!({}), json!(called.bill.finish_reason)));
+            if self.include_usage {
+                let u = json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": usage_json(&called.bill),
+                });
+                out.push_back(sse_data(&u.to_string()));
+            }
+        }
+        out.push_back(sse_data("[DONE]"));
+        true
+    }
+}

@@ -1,0 +1,80 @@
+//! The OpenAI-compatible API (SPEC §9): `POST /v1/chat/completions` (alias
+//! `POST /chat/completions`) and `GET /v1/models`, wire-compatible with OpenAI's so that the
+//! official SDKs work by changing only the base URL and the key.
+//!
+//! Stateless, but billed and limited like chat: per-user limits, the maximum cost reserved
+//! before anything goes upstream, the actual cost settled after (one ledger row `api`, one usage
+//! row `v1`). The call's whole lifecycle runs in a task on the state's tracker, not in the
+//! handler: if the client goes away mid-stream, the upstream is still read to its end and billed
+//! by the provider's own count (SPEC §6); the response only relays what that task produces.
+//!
+//! Every response carries `X-Questech-Overhead-Ms`: the engine's own time, i.e. the total minus
+//! the time spent waiting on the upstream (for streams: the time before the upstream request
+//! was sent).
+
+mod call;
+mod chunks;
+mod overhead;
+mod request;
+
+use axum::extract::State;
+use axum::http::HeaderName;
+use axum::response::Response;
+use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{Json, V1Auth};
+use crate::error::Result;
+use crate::state::AppState;
+pub use request::{CompletionRequest, InMessage, StreamOptions};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(completions))
+        .routes(routes!(completions_alias))
+        .routes(routes!(models))
+        .route_layer(axum::middleware::from_fn(overhead::overhead))
+}
+
+/// `X-Questech-Overhead-Ms`.
+pub static OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-questech-overhead-ms");
+
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "v1", request_body = CompletionRequest, responses((status = 200, description = "a `chat.completion` object, or with `stream` an SSE stream of `chat.completion.chunk` objects ending with `data: [DONE]`", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError), (status = "5XX", description = "upstream error", body = crate::error::ApiError)))]
+async fn completions(
+    State(state): State<AppState>,
+    V1Auth(user): V1Auth,
+    Json(body): Json<CompletionRequest>,
+) -> Result<Response> {
+    call::complete(state, user, body).await
+}
+
+/// Alias of `POST /v1/chat/completions`.
+#[utoipa::path(post, path = "/chat/completions", tag = "v1", request_body = CompletionRequest, responses((status = 200, description = "as `POST /v1/chat/completions`", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError), (status = "5XX", description = "upstream error", body = crate::error::ApiError)))]
+async fn completions_alias(
+    State(state): State<AppState>,
+    V1Auth(user): V1Auth,
+    Json(body): Json<CompletionRequest>,
+) -> Result<Response> {
+    call::complete(state, user, body).await
+}
+
+#[utoipa::path(get, path = "/v1/models", tag = "v1", responses((status = 200, description = "`{\"object\":\"list\",\"data\":[{id, object, created, owned_by}]}` of usable models", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+async fn models(State(state): State<AppState>, V1Auth(_user): V1Auth) -> Result<Json<Value>> {
+    let data: Vec<Value> = state
+        .models
+        .all()
+        .await?
+        .into_iter()
+        .filter(|m| state.engine.is_usable(&m.info()))
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "object": "model",
+                "created": m.created_at / 1000,
+                "owned_by": m.provider,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}

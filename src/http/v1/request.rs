@@ -1,0 +1,199 @@
+//! The request of `POST /v1/chat/completions` and its validation into what the engine runs.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use questech_engine::llm::ChatMessage;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct CompletionRequest {
+    /// A usable model id (`GET /v1/models`).
+    pub model: String,
+    pub messages: Vec<InMessage>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<i64>,
+    /// Preferred over `max_tokens` when both are given.
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// A string or an array of up to 4 strings.
+    #[schema(value_type = Option<Object>)]
+    pub stop: Option<Value>,
+    /// Only 1.
+    pub n: Option<i64>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct InMessage {
+    /// `system`, `developer`, `user` or `assistant`.
+    pub role: String,
+    /// A string, or an array of `{"type":"text","text":…}` parts.
+    #[schema(value_type = Option<Object>)]
+    pub content: Option<Value>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+/// A validated request.
+pub struct Valid {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub stop: Vec<String>,
+}
+
+fn content_text(i: usize, role: &str, content: Option<&Value>) -> Result<String> {
+    let field = format!("messages[{i}].content");
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) if role == "assistant" => Ok(String::new()),
+        None | Some(Value::Null) => Err(Error::invalid(&field, "required")),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                let kind = p.get("type").and_then(Value::as_str);
+                match (kind, p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some("text"), None) => {
+                        return Err(Error::invalid(
+                            &format!("{field}[{j}].text"),
+                            "must be a string",
+                        ))
+                    }
+                    _ => {
+                        return Err(Error::invalid(
+                            &format!("{field}[{j}].type"),
+                            "only \"text\" parts are supported",
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        Some(_) => Err(Error::invalid(
+            &field,
+            "must be a string or an array of text parts",
+        )),
+    }
+}
+
+pub fn validate(body: CompletionRequest) -> Result<Valid> {
+    if body.model.trim().is_empty() {
+        return Err(Error::invalid("model", "required"));
+    }
+    if body.model.len() > 128 {
+        return Err(Error::invalid("model", "must be at most 128 characters"));
+    }
+    if body.messages.is_empty() {
+        return Err(Error::invalid("messages", "must not be empty"));
+    }
+    if let Some(n) = body.n {
+        if n != 1 {
+            return Err(Error::invalid("n", "only 1 is supported"));
+        }
+    }
+    let messages = parse_messages(&body.messages)?;
+    let max_tokens = match (body.max_completion_tokens, body.max_tokens) {
+        (Some(v), _) => Some(("max_completion_tokens", v)),
+        (None, Some(v)) => Some(("max_tokens", v)),
+        (None, None) => None,
+    };
+    let max_tokens = match max_tokens {
+        Some((field, v)) if v < 1 => return Err(Error::invalid(field, "must be at least 1")),
+        Some((_, v)) => Some(v as u64),
+        None => None,
+    };
+    if let Some(t) = body.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(Error::invalid("temperature", "must be between 0 and 2"));
+        }
+    }
+    if let Some(p) = body.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::invalid("top_p", "must be between 0 and 1"));
+        }
+    }
+    let stop = parse_stop(body.stop)?;
+    Ok(Valid {
+        model: body.model,
+        messages,
+        stream: body.stream.unwrap_or(false),
+        include_usage: body
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        max_tokens,
+        temperature: body.temperature,
+        top_p: body.top_p,
+        stop,
+    })
+}
+
+/// The messages in the engine's shape (`developer` is a `system` message).
+fn parse_messages(input: &[InMessage]) -> Result<Vec<ChatMessage>> {
+    let mut messages = Vec::with_capacity(input.len());
+    for (i, m) in input.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            _ => {
+                return Err(Error::invalid(
+                    &format!("messages[{i}].role"),
+                    "must be system, developer, user or assistant",
+                ))
+            }
+        };
+        let content = content_text(i, role, m.content.as_ref())?;
+        messages.push(ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        });
+    }
+    Ok(messages)
+}
+
+/// `stop`: a string or up to 4 strings of 1 to 256 characters.
+fn parse_stop(stop: Option<Value>) -> Result<Vec<String>> {
+    let stop = match stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => {
+            let mut v = Vec::with_capacity(items.len());
+            for it in items {
+                match it {
+                    Value::String(s) => v.push(s),
+                    _ => {
+                        return Err(Error::invalid(
+                            "stop",
+                            "must be a string or an array of strings",
+                        ))
+                    }
+                }
+            }
+            v
+        }
+        Some(_) => {
+            return Err(Error::invalid(
+                "stop",
+                "must be a string or an array of strings",
+            ))
+        }
+    };
+    if stop.len() > 4 {
+        return Err(Error::invalid("stop", "at most 4 sequences"));
+    }
+    if stop.iter().any(|s| s.is_empty() || s.chars().count() > 256) {
+        return Err(Error::invalid("stop", "each must be 1 to 256 characters"));
+    }
+    Ok(stop)
+}
