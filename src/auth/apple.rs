@@ -39,6 +39,30 @@ pub struct AppleClaims {
     pub sub: String,
     #[serde(default)]
     pub email: Option<String>,
+    /// What the app put in the authorization request: the SHA-256 (hex) of its raw nonce.
+    #[serde(default)]
+    pub nonce: Option<String>,
+}
+
+/// Checks the token's `nonce` against the raw nonce the client sent (Apple's guidance: the app
+/// sends `sha256(raw)` to Apple and the raw value to its server). A token that carries a nonce
+/// must come with the matching raw value, so a stolen token cannot be replayed without it; a
+/// token without one is accepted only when the client sent none (the behaviour before nonces).
+pub fn check_nonce(claims: &AppleClaims, raw: Option<&str>) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let mismatch = || Error::Unauthorized("Apple identity token nonce does not match".into());
+    match (claims.nonce.as_deref(), raw) {
+        (None, None) => Ok(()),
+        (Some(_), None) | (None, Some(_)) => Err(mismatch()),
+        (Some(claim), Some(raw)) => {
+            let hashed = hex::encode(Sha256::digest(raw.as_bytes()));
+            if claim.eq_ignore_ascii_case(&hashed) {
+                Ok(())
+            } else {
+                Err(mismatch())
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]

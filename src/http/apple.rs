@@ -23,7 +23,14 @@ struct AppleLoginBody {
     identity_token: String,
     /// Used only when this login creates the account (Apple tells the app the name only once).
     nickname: Option<String>,
+    /// The raw nonce whose SHA-256 (hex) the app passed to Apple; required when the token
+    /// carries a `nonce`. Each nonce logs in once.
+    #[schema(min_length = 1, max_length = 256)]
+    nonce: Option<String>,
 }
+
+/// How long a used nonce is remembered: longer than an identity token lives (10 minutes).
+const NONCE_MEMORY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 fn clean_nickname(n: Option<String>) -> Result<Option<String>> {
     let Some(n) = n.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) else {
@@ -46,6 +53,11 @@ async fn login_apple(
     Json(body): Json<AppleLoginBody>,
 ) -> Result<Json<UserAndTokens>> {
     let nickname = clean_nickname(body.nickname)?;
+    if let Some(n) = &body.nonce {
+        if n.is_empty() || n.chars().count() > 256 {
+            return Err(Error::invalid("nonce", "must be 1 to 256 characters"));
+        }
+    }
     let cfg = &state.config;
     let claims = crate::auth::apple::verify(
         &cfg.apple_jwks_url,
@@ -53,6 +65,16 @@ async fn login_apple(
         &body.identity_token,
     )
     .await?;
+    crate::auth::apple::check_nonce(&claims, body.nonce.as_deref())?;
+    if let Some(n) = &claims.nonce {
+        // One login per nonce, on every node: a replayed token with its nonce is refused.
+        let key = format!("apple-nonce:{}", crate::auth::token_hash(n));
+        if !state.cache.set_nx(&key, "1", NONCE_MEMORY).await? {
+            return Err(Error::Unauthorized(
+                "Apple identity token nonce already used".into(),
+            ));
+        }
+    }
     let sub = claims.sub.trim();
     let nickname = nickname.unwrap_or_else(|| "Apple user".to_owned());
     let (user, created) = find_or_create(&state, Identity::Apple { sub }, &nickname).await?;

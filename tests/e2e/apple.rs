@@ -364,3 +364,67 @@ async fn jwks_unreachable_is_502() {
     let (s, b) = login(&app, &key.sign(&claims(&new_sub())), None).await;
     assert_error(s, &b, StatusCode::BAD_GATEWAY, "upstream_error");
 }
+
+async fn login_with_nonce(app: &TestApp, token: &str, nonce: Option<&str>) -> (StatusCode, Value) {
+    let mut body = json!({ "identity_token": token });
+    if let Some(n) = nonce {
+        body["nonce"] = json!(n);
+    }
+    let (s, _, b) = app.post("/user/login/apple", None, Some(body)).await;
+    (s, b)
+}
+
+fn with_nonce(sub: &str, raw: &str) -> Value {
+    use sha2::Digest as _;
+    let mut c = claims(sub);
+    c["nonce"] = json!(hex::encode(sha2::Sha256::digest(raw.as_bytes())));
+    c
+}
+
+async fn nonce_checked(backend: Backend) {
+    let key = Key::generate("k1").await;
+    let (_jwks, url) = serve_jwks(vec![key.jwk()]).await;
+    let Some(app) = apple_app(backend, &url).await else {
+        return;
+    };
+    let sub = new_sub();
+    let raw = format!("raw-{:x}", rand::random::<u64>());
+    let token = key.sign(&with_nonce(&sub, &raw));
+    // The matching raw nonce logs in.
+    let (s, b) = login_with_nonce(&app, &token, Some(&raw)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // The same token and nonce again: a replay, refused on every node.
+    let (s, b) = login_with_nonce(&app, &token, Some(&raw)).await;
+    assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    // A token that carries a nonce: without it, with a wrong one, with the hash itself.
+    let raw2 = format!("raw-{:x}", rand::random::<u64>());
+    let claims2 = with_nonce(&sub, &raw2);
+    let token2 = key.sign(&claims2);
+    let hashed = claims2["nonce"].as_str().unwrap().to_owned();
+    for nonce in [None, Some("wrong"), Some(hashed.as_str())] {
+        let (s, b) = login_with_nonce(&app, &token2, nonce).await;
+        assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // Refusals did not use the nonce up.
+    let (s, b) = login_with_nonce(&app, &token2, Some(&raw2)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // A token without a nonce: the documented behaviour without one, refused with one.
+    let plain = key.sign(&claims(&sub));
+    let (s, b) = login_with_nonce(&app, &plain, Some("unexpected")).await;
+    assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (s, b) = login_with_nonce(&app, &plain, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // A malformed nonce is a bad request.
+    let (s, b) = login_with_nonce(&app, &plain, Some("")).await;
+    assert_invalid(s, &b, "nonce");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonce_is_checked_sqlite() {
+    nonce_checked(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonce_is_checked_mysql_redis() {
+    nonce_checked(Backend::MySqlRedis).await;
+}
