@@ -673,6 +673,14 @@ both!(
         })
         .await;
         drop(slow);
+        // The frames of those turns still queued in the user's session actor go to whichever
+        // socket is attached; a new device that arrived before they drained would get a flood
+        // it reads no faster than the slow one. Let the mailbox drain first.
+        eventually(Duration::from_secs(30), "session mailbox drained", || {
+            let app = &app;
+            async move { (app.state.engine.snapshot().mailbox.max_depth == 0).then_some(()) }
+        })
+        .await;
         // The user's next device works as usual.
         let mut next = Ws::connect(&app, &u.access).await;
         let c = conv_id(&app, &u.access, "echo").await;

@@ -139,6 +139,37 @@ both!(
             "bearer"
         );
 
+        // Security says exactly what the server does: every operation is called without a
+        // token, and it answers 401 if and only if the document says it needs one.
+        let global = !doc["security"].as_array().is_none_or(|a| a.is_empty());
+        let mut wrong = vec![];
+        for (p, ops) in paths {
+            for (m, op) in ops.as_object().unwrap() {
+                let Ok(method) = reqwest::Method::from_bytes(m.to_uppercase().as_bytes()) else {
+                    continue;
+                };
+                let secured = match op.get("security").and_then(Value::as_array) {
+                    Some(reqs) => !reqs.is_empty(),
+                    None => global,
+                };
+                let url = app.url(&p.replace("{id}", "1").replace("{name}", "x.png"));
+                let mut req = app.client.request(method, url);
+                if ["post", "put", "patch"].contains(&m.as_str()) {
+                    req = req.header("content-type", "application/json").body("{}");
+                }
+                let (s, _, _) = app.send(req).await;
+                if (s == StatusCode::UNAUTHORIZED) != secured {
+                    wrong.push(format!(
+                        "{m} {p}: documented secured={secured}, answered {s}"
+                    ));
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "security in /openapi.json is wrong: {wrong:#?}"
+        );
+
         let res = app.client.get(app.url("/docs")).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         let html = res.text().await.unwrap();
