@@ -58,6 +58,7 @@ async fn list_users(
 #[derive(Deserialize, utoipa::ToSchema)]
 struct PatchUser {
     /// `user` or `admin`.
+    #[schema(pattern = "^(user|admin)$")]
     role: Option<String>,
     disabled: Option<bool>,
 }

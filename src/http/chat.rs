@@ -29,9 +29,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBody {
+    #[schema(max_length = 255)]
     title: Option<String>,
+    /// A usable model id; default: the agent's model, else `DEFAULT_MODEL`.
+    #[schema(min_length = 1, max_length = 128)]
     model: Option<String>,
     agent_id: Option<String>,
+    #[schema(max_length = 100000)]
     system_prompt: Option<String>,
 }
 
@@ -106,7 +110,9 @@ async fn get_one(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct PatchBody {
+    #[schema(max_length = 255)]
     title: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
     model: Option<String>,
 }
 

@@ -48,6 +48,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             e.valid_up_to()
         )));
     }
+    // Every body of this API is a JSON object; serde would also read a struct from an array
+    // (`[null, true]` as `{role, disabled}`), which the schema does not allow.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::bad_request(
+            "invalid JSON body: expected a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

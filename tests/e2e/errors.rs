@@ -284,3 +284,50 @@ both!(json_bodies_must_be_utf8, |app| async move {
         .await
         .is_empty());
 });
+
+both!(bodies_must_be_json_objects, |app| async move {
+    let boss = uname("objboss");
+    app.register(&boss).await;
+    let admin = app.make_admin(&boss).await;
+    let u = app.register(&uname("obj")).await;
+    let conv = crate::wsclient::conv_id(&app, &u.access, "echo").await;
+    // serde reads a struct from an array in field order: each of these was once accepted.
+    let cases = [
+        (
+            reqwest::Method::POST,
+            "/chat/conversations".to_owned(),
+            json!(["arr", "echo", null, null]),
+            &u.access,
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/chat/conversations/{conv}"),
+            json!(["renamed", null]),
+            &u.access,
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/admin/users/{}", u.id),
+            json!([null, true]),
+            &admin.access,
+        ),
+    ];
+    for (method, path, body, token) in cases {
+        let req = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .bearer_auth(token)
+            .json(&body);
+        let (s, _, b) = app.send(req).await;
+        assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    // Nothing changed: no new conversation, no rename, the user is not disabled.
+    let (_, _, list) = app.get("/chat/conversations", Some(&u.access)).await;
+    assert_eq!(list["total"], 1, "{list}");
+    let (_, _, c) = app
+        .get(&format!("/chat/conversations/{conv}"), Some(&u.access))
+        .await;
+    assert_ne!(c["title"], "renamed");
+    let (s, _, _) = app.get("/user/me", Some(&u.access)).await;
+    assert_eq!(s, StatusCode::OK, "still enabled");
+});

@@ -9,7 +9,9 @@ use questech_engine::llm::ChatMessage;
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     /// A usable model id (`GET /v1/models`).
+    #[schema(min_length = 1, max_length = 128)]
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<InMessage>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
