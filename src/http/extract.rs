@@ -41,7 +41,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 }
 
 /// `bytes` as JSON of `T`: UTF-8 first, then the shape.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(Error::bad_request(format!(
             "the body is not valid UTF-8 (byte {})",

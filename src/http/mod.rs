@@ -34,7 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::Error;
 use crate::state::AppState;
-pub use extract::{parse as parse_json, Admin, ClientIp, Json, PageQuery, Path, Query, V1Auth};
+pub use extract::{Admin, ClientIp, Json, PageQuery, Path, Query, V1Auth};
 
 async fn not_found() -> Error {
     Error::not_found("no such route")
