@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod llm;
 pub mod metrics;
+pub mod patterns;
 pub mod server;
 pub mod state;
 pub mod storage;

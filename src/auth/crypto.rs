@@ -19,6 +19,7 @@ use rand::RngCore;
 use sha2::Sha256;
 
 use crate::error::{Error, Result};
+use crate::patterns::{matches, pattern};
 
 const NONCE_LEN: usize = 12;
 
@@ -30,25 +31,14 @@ pub fn normalize_phone(raw: &str) -> Result<String> {
             "must be a mainland China mobile number (1[3-9] and 9 more digits) or E.164 (+ and 8 to 15 digits)",
         )
     };
-    if raw.len() > 32 {
+    if raw.len() > 32 || !matches(pattern::PHONE, raw) {
         return Err(bad());
     }
-    let compact: String = raw
-        .trim()
-        .chars()
-        .filter(|c| *c != ' ' && *c != '-')
-        .collect();
+    let compact: String = raw.chars().filter(|c| *c != ' ' && *c != '-').collect();
     if is_mainland(&compact) {
-        return Ok(format!("+86{compact}"));
-    }
-    let digits = compact.strip_prefix('+').ok_or_else(bad)?;
-    let ok = (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0');
-    if ok {
-        Ok(compact)
+        Ok(format!("+86{compact}"))
     } else {
-        Err(bad())
+        Ok(compact)
     }
 }
 

@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::storage;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
     Admin,

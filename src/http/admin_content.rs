@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::rules::{check_label, check_len as check_text, check_url, parse_id};
+use super::rules::{check_label, check_len, check_text, check_url, parse_id};
 use super::{Admin, Json, PageQuery, Path, Query};
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -16,6 +16,7 @@ use crate::storage::agents::{self, AdminAgentView, AgentRow};
 use crate::storage::articles::{self, AdminArticleView, ArticleRow};
 use crate::storage::{app_config, Paged};
 use crate::time::now_ms;
+use questech_engine::EngineError;
 
 /// Largest app config accepted by `PUT /admin/config/app` (the raw body).
 pub const APP_CONFIG_MAX_BYTES: usize = 64 * 1024;
@@ -35,28 +36,69 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 // ---- agents -----------------------------------------------------------------------------------
 
+/// The fields of an agent that a create may leave out.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
-struct AgentBody {
-    /// 1 to 128 characters (required on create).
-    name: Option<String>,
+struct AgentFields {
+    #[schema(max_length = 4000)]
     description: Option<String>,
-    /// An http(s) URL or a `/static/` path.
+    /// An http(s) URL or a `/static/` path; empty for none.
+    #[schema(
+        max_length = 1024,
+        pattern = r"^(|https?://[^\x00-\x20\x7f-\xa0/?#]+([/?#][^\x00-\x20\x7f-\xa0]*)?|/static/(\.?[^.\x00-\x1f\x7f-\x9f])*\.?)$"
+    )]
     avatar_url: Option<String>,
-    /// A model id (required on create).
-    model: Option<String>,
-    /// 0 to 2.
+    /// Default 1.
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f64>,
+    #[schema(max_length = 100000)]
     system_prompt: Option<String>,
     published: Option<bool>,
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+struct NewAgent {
+    /// Trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    name: String,
+    /// The id of an existing model (404 `model_not_found` otherwise).
+    #[schema(min_length = 1, max_length = 64)]
+    model: String,
+    #[serde(flatten)]
+    fields: AgentFields,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct AgentPatch {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    name: Option<String>,
+    #[schema(min_length = 1, max_length = 64)]
+    model: Option<String>,
+    #[serde(flatten)]
+    fields: AgentFields,
+}
+
 /// Applies a (partial) body onto a row, validating every field it sets.
-async fn apply_agent(state: &AppState, row: &mut AgentRow, b: AgentBody) -> Result<()> {
+async fn apply_agent(state: &AppState, row: &mut AgentRow, b: AgentPatch) -> Result<()> {
     if let Some(n) = b.name {
-        let n = n.trim().to_owned();
         check_label("name", &n, 1, 128)?;
-        row.name = n;
+        row.name = n.trim().to_owned();
     }
+    if let Some(m) = b.model {
+        check_len("model", &m, 1, 64)?;
+        if state.models.get(&m).await?.is_none() {
+            return Err(Error::Engine(EngineError::ModelNotFound(m)));
+        }
+        row.model = m;
+    }
+    let b = b.fields;
     if let Some(d) = b.description {
         check_text("description", &d, 0, 4000)?;
         row.description = d;
@@ -64,15 +106,6 @@ async fn apply_agent(state: &AppState, row: &mut AgentRow, b: AgentBody) -> Resu
     if let Some(a) = b.avatar_url {
         check_url("avatar_url", &a)?;
         row.avatar_url = a;
-    }
-    if let Some(m) = b.model {
-        if m.is_empty() || m.len() > 64 || state.models.get(&m).await?.is_none() {
-            return Err(Error::invalid(
-                "model",
-                "must be the id of an existing model",
-            ));
-        }
-        row.model = m;
     }
     if let Some(t) = b.temperature {
         if !t.is_finite() || !(0.0..=2.0).contains(&t) {
@@ -108,18 +141,12 @@ async fn list_agents(
     Ok(Json(Paged::new(items, page, total)))
 }
 
-#[utoipa::path(post, path = "/agents", tag = "admin", request_body = AgentBody, responses((status = 201, description = "created", body = AdminAgentView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/agents", tag = "admin", request_body = NewAgent, responses((status = 201, description = "created", body = AdminAgentView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn create_agent(
     State(state): State<AppState>,
     _admin: Admin,
-    Json(body): Json<AgentBody>,
+    Json(body): Json<NewAgent>,
 ) -> Result<impl IntoResponse> {
-    if body.name.is_none() {
-        return Err(Error::invalid("name", "required"));
-    }
-    if body.model.is_none() {
-        return Err(Error::invalid("model", "required"));
-    }
     let now = now_ms();
     let mut row = AgentRow {
         id: crate::ids::next_id(),
@@ -132,6 +159,11 @@ async fn create_agent(
         published: 0,
         created_at: now,
         updated_at: now,
+    };
+    let body = AgentPatch {
+        name: Some(body.name),
+        model: Some(body.model),
+        fields: body.fields,
     };
     apply_agent(&state, &mut row, body).await?;
     agents::insert(&state.db, &row).await?;
@@ -147,12 +179,12 @@ async fn get_agent(
     Ok(Json(load_agent(&state, &id).await?.admin_view()))
 }
 
-#[utoipa::path(patch, path = "/agents/{id}", tag = "admin", params(("id" = String, Path, description = "agent id")), request_body = AgentBody, responses((status = 200, description = "the updated agent", body = AdminAgentView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+#[utoipa::path(patch, path = "/agents/{id}", tag = "admin", params(("id" = String, Path, description = "agent id")), request_body = AgentPatch, responses((status = 200, description = "the updated agent", body = AdminAgentView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn patch_agent(
     State(state): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
-    Json(body): Json<AgentBody>,
+    Json(body): Json<AgentPatch>,
 ) -> Result<Json<AdminAgentView>> {
     let mut row = load_agent(&state, &id).await?;
     apply_agent(&state, &mut row, body).await?;
@@ -175,25 +207,57 @@ async fn delete_agent(
 
 // ---- articles ---------------------------------------------------------------------------------
 
+/// The fields of an article that a create may leave out.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
-struct ArticleBody {
-    /// 1 to 255 characters (required on create).
-    title: Option<String>,
+struct ArticleFields {
+    #[schema(max_length = 4000)]
     summary: Option<String>,
+    #[schema(max_length = 200000)]
     body: Option<String>,
+    /// Trimmed.
+    #[schema(max_length = 64, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     category: Option<String>,
-    /// An http(s) URL or a `/static/` path.
+    /// An http(s) URL or a `/static/` path; empty for none.
+    #[schema(
+        max_length = 1024,
+        pattern = r"^(|https?://[^\x00-\x20\x7f-\xa0/?#]+([/?#][^\x00-\x20\x7f-\xa0]*)?|/static/(\.?[^.\x00-\x1f\x7f-\x9f])*\.?)$"
+    )]
     cover_url: Option<String>,
     /// Publishing for the first time sets `published_at`; it is kept from then on.
     published: Option<bool>,
 }
 
-fn apply_article(row: &mut ArticleRow, b: ArticleBody, now: i64) -> Result<()> {
+#[derive(Deserialize, utoipa::ToSchema)]
+struct NewArticle {
+    /// Trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    title: String,
+    #[serde(flatten)]
+    fields: ArticleFields,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct ArticlePatch {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    title: Option<String>,
+    #[serde(flatten)]
+    fields: ArticleFields,
+}
+
+fn apply_article(row: &mut ArticleRow, b: ArticlePatch, now: i64) -> Result<()> {
     if let Some(t) = b.title {
-        let t = t.trim().to_owned();
         check_label("title", &t, 1, 255)?;
-        row.title = t;
+        row.title = t.trim().to_owned();
     }
+    let b = b.fields;
     if let Some(s) = b.summary {
         check_text("summary", &s, 0, 4000)?;
         row.summary = s;
@@ -203,9 +267,8 @@ fn apply_article(row: &mut ArticleRow, b: ArticleBody, now: i64) -> Result<()> {
         row.body = x;
     }
     if let Some(c) = b.category {
-        let c = c.trim().to_owned();
         check_label("category", &c, 0, 64)?;
-        row.category = c;
+        row.category = c.trim().to_owned();
     }
     if let Some(u) = b.cover_url {
         check_url("cover_url", &u)?;
@@ -238,15 +301,16 @@ async fn list_articles(
     Ok(Json(Paged::new(items, page, total)))
 }
 
-#[utoipa::path(post, path = "/articles", tag = "admin", request_body = ArticleBody, responses((status = 201, description = "created", body = AdminArticleView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/articles", tag = "admin", request_body = NewArticle, responses((status = 201, description = "created", body = AdminArticleView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn create_article(
     State(state): State<AppState>,
     _admin: Admin,
-    Json(body): Json<ArticleBody>,
+    Json(body): Json<NewArticle>,
 ) -> Result<impl IntoResponse> {
-    if body.title.is_none() {
-        return Err(Error::invalid("title", "required"));
-    }
+    let body = ArticlePatch {
+        title: Some(body.title),
+        fields: body.fields,
+    };
     let now = now_ms();
     let mut row = ArticleRow {
         id: crate::ids::next_id(),
@@ -274,12 +338,12 @@ async fn get_article(
     Ok(Json(load_article(&state, &id).await?.admin_view()))
 }
 
-#[utoipa::path(patch, path = "/articles/{id}", tag = "admin", params(("id" = String, Path, description = "article id")), request_body = ArticleBody, responses((status = 200, description = "the updated article", body = AdminArticleView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+#[utoipa::path(patch, path = "/articles/{id}", tag = "admin", params(("id" = String, Path, description = "article id")), request_body = ArticlePatch, responses((status = 200, description = "the updated article", body = AdminArticleView), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn patch_article(
     State(state): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
-    Json(body): Json<ArticleBody>,
+    Json(body): Json<ArticlePatch>,
 ) -> Result<Json<AdminArticleView>> {
     let mut row = load_article(&state, &id).await?;
     let now = now_ms();

@@ -35,7 +35,8 @@ fn admin_view(state: &AppState, u: &users::UserRow) -> users::UserView {
 struct UsersQuery {
     page: Option<i64>,
     page_size: Option<i64>,
-    /// Case-insensitive substring of the username or nickname.
+    /// Case-insensitive substring of the username or nickname (trimmed).
+    #[param(max_length = 64)]
     q: Option<String>,
 }
 
@@ -46,10 +47,10 @@ async fn list_users(
     Query(q): Query<UsersQuery>,
 ) -> Result<Json<Paged<users::UserView>>> {
     let page = Page::new(q.page, q.page_size);
-    let term = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
-    if term.is_some_and(|t| t.chars().count() > 64) {
+    if q.q.as_deref().is_some_and(|t| t.chars().count() > 64) {
         return Err(Error::invalid("q", "must be at most 64 characters"));
     }
+    let term = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let (rows, total) = users::search(&state.db, term, page).await?;
     let items = rows.iter().map(|u| admin_view(&state, u)).collect();
     Ok(Json(Paged::new(items, page, total)))
@@ -57,9 +58,7 @@ async fn list_users(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct PatchUser {
-    /// `user` or `admin`.
-    #[schema(pattern = "^(user|admin)$")]
-    role: Option<String>,
+    role: Option<Role>,
     disabled: Option<bool>,
 }
 
@@ -70,27 +69,20 @@ async fn patch_user(
     Path(id): Path<String>,
     Json(body): Json<PatchUser>,
 ) -> Result<Json<users::UserView>> {
-    let role = match body.role.as_deref() {
-        None => None,
-        Some(r) => {
-            Some(Role::parse(r).ok_or_else(|| Error::invalid("role", "must be user or admin"))?)
-        }
-    };
+    let role = body.role;
     let target = crate::ids::parse(&id).ok_or_else(|| Error::not_found("user not found"))?;
     let row = users::by_id(&state.db, target)
         .await?
         .ok_or_else(|| Error::not_found("user not found"))?;
     if target == admin.0.user_id {
         if body.disabled == Some(true) {
-            return Err(Error::invalid(
-                "disabled",
-                "you cannot disable your own account",
+            return Err(Error::Forbidden(
+                "disabled: you cannot disable your own account".into(),
             ));
         }
         if role == Some(Role::User) {
-            return Err(Error::invalid(
-                "role",
-                "you cannot remove your own admin role",
+            return Err(Error::Forbidden(
+                "role: you cannot remove your own admin role".into(),
             ));
         }
     }

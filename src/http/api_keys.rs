@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::rules::check_label;
 use super::{Json, PageQuery, Path, Query};
 use crate::auth::{self, AuthUser};
 use crate::error::{Error, Result};
@@ -28,8 +29,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct CreateBody {
-    /// 1 to 64 characters.
+struct NewApiKey {
+    /// A label for the key (trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
 }
 
@@ -54,26 +60,19 @@ struct KeyList {
 }
 
 fn validate_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    let n = name.chars().count();
-    if n == 0 || n > 64 || name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "name",
-            "must be 1 to 64 characters with no control characters",
-        ));
-    }
-    Ok(name.to_owned())
+    check_label("name", name, 1, 64)?;
+    Ok(name.trim().to_owned())
 }
 
-#[utoipa::path(post, path = "/api-keys", tag = "user", request_body = CreateBody, responses((status = 201, description = "the key, shown once", body = Created), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/api-keys", tag = "user", request_body = NewApiKey, responses((status = 201, description = "the key, shown once", body = Created), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    Json(body): Json<CreateBody>,
+    Json(body): Json<NewApiKey>,
 ) -> Result<impl IntoResponse> {
     let name = validate_name(&body.name)?;
     if api_keys::count_live(&state.db, user.user_id).await? >= MAX_KEYS_PER_USER {
-        return Err(Error::bad_request(format!(
+        return Err(Error::Conflict(format!(
             "too many API keys: at most {MAX_KEYS_PER_USER} live keys per user; revoke one first"
         )));
     }

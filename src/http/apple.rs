@@ -7,6 +7,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::rules::check_label;
 use super::sms::{find_or_create, Identity};
 use super::{ClientIp, Json};
 use crate::auth::account::{open_session, user_view, UserAndTokens};
@@ -22,6 +23,7 @@ struct AppleLoginBody {
     /// The `identityToken` the app received from Apple.
     identity_token: String,
     /// Used only when this login creates the account (Apple tells the app the name only once).
+    #[schema(max_length = 64, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     nickname: Option<String>,
     /// The raw nonce whose SHA-256 (hex) the app passed to Apple; required when the token
     /// carries a `nonce`. Each nonce logs in once.
@@ -33,16 +35,11 @@ struct AppleLoginBody {
 const NONCE_MEMORY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 fn clean_nickname(n: Option<String>) -> Result<Option<String>> {
-    let Some(n) = n.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) else {
+    let Some(n) = n else {
         return Ok(None);
     };
-    if n.chars().count() > 64 || n.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "nickname",
-            "must be at most 64 characters with no control characters",
-        ));
-    }
-    Ok(Some(n))
+    check_label("nickname", &n, 0, 64)?;
+    Ok(Some(n.trim().to_owned()).filter(|n| !n.is_empty()))
 }
 
 #[utoipa::path(post, path = "/login/apple", tag = "user", request_body = AppleLoginBody, responses((status = 200, description = "logged in; `created` when this login made the account", body = UserAndTokens), (status = "4XX", description = "error", body = crate::error::ApiError)))]

@@ -28,7 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct CreateBody {
+struct NewConversation {
     #[schema(max_length = 255)]
     title: Option<String>,
     /// A usable model id; default: the agent's model, else `DEFAULT_MODEL`.
@@ -39,11 +39,11 @@ struct CreateBody {
     system_prompt: Option<String>,
 }
 
-#[utoipa::path(post, path = "/conversations", tag = "chat", request_body = CreateBody, responses((status = 201, description = "success", body = chat::ConversationRow), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/conversations", tag = "chat", request_body = NewConversation, responses((status = 201, description = "success", body = chat::ConversationRow), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    Json(body): Json<CreateBody>,
+    Json(body): Json<NewConversation>,
 ) -> Result<impl IntoResponse> {
     let title = body.title.unwrap_or_default();
     check_len("title", &title, 0, 255)?;
@@ -109,19 +109,19 @@ async fn get_one(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct PatchBody {
+struct ConversationPatch {
     #[schema(max_length = 255)]
     title: Option<String>,
     #[schema(min_length = 1, max_length = 128)]
     model: Option<String>,
 }
 
-#[utoipa::path(patch, path = "/conversations/{id}", tag = "chat", params(("id" = String, Path, description = "id")), request_body = PatchBody, responses((status = 200, description = "success", body = chat::ConversationRow), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+#[utoipa::path(patch, path = "/conversations/{id}", tag = "chat", params(("id" = String, Path, description = "id")), request_body = ConversationPatch, responses((status = 200, description = "success", body = chat::ConversationRow), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn patch(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-    Json(body): Json<PatchBody>,
+    Json(body): Json<ConversationPatch>,
 ) -> Result<Json<chat::ConversationRow>> {
     let conv = load(&state, &user, &id).await?;
     if let Some(t) = &body.title {
@@ -177,20 +177,30 @@ async fn messages(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct SendBody {
+struct ChatSend {
+    #[schema(
+        min_length = 1,
+        max_length = 32000,
+        pattern = r"[^\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     content: String,
+    /// The client's id of this message: a repeat with the same id answers the first turn again.
+    #[schema(min_length = 1, max_length = 128)]
     client_msg_id: Option<String>,
+    /// A usable model for this turn only; default: the conversation's.
+    #[schema(min_length = 1, max_length = 128)]
     model: Option<String>,
+    /// Answer as `text/event-stream` (also chosen by `Accept: text/event-stream`).
     stream: Option<bool>,
 }
 
-#[utoipa::path(post, path = "/conversations/{id}/messages", tag = "chat", params(("id" = String, Path, description = "id")), request_body = SendBody, responses((status = 200, description = "success", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/conversations/{id}/messages", tag = "chat", params(("id" = String, Path, description = "id")), request_body = ChatSend, responses((status = 200, description = "the turn: `{user_message, assistant_message, charged, balance}` as JSON, or with `stream` (or `Accept: text/event-stream`) its events as SSE", content((Object = "application/json"), (crate::http::sse::SseEvent = "text/event-stream"))), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn send(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<SendBody>,
+    Json(body): Json<ChatSend>,
 ) -> Result<Response> {
     validate_send(&body.content, body.client_msg_id.as_deref())?;
     let conv = load(&state, &user, &id).await?;

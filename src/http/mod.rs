@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod apple;
 pub mod chat;
 pub mod content;
+pub(crate) mod de;
 mod extract;
 pub mod health;
 pub mod models;

@@ -83,10 +83,65 @@ fn mark_public(openapi: &mut OpenApi) {
     }
 }
 
+/// Gives each operation a unique `operationId` (handlers in different areas share names such as
+/// `create`): a repeated one is prefixed with its tag, or else with its method and path.
+fn unique_operation_ids(openapi: &mut OpenApi) {
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for_each_operation(openapi, |_, _, op| {
+        *seen
+            .entry(op.operation_id.clone().unwrap_or_default())
+            .or_default() += 1;
+    });
+    let mut taken = std::collections::HashSet::new();
+    for_each_operation(openapi, |method, path, op| {
+        let id = op.operation_id.clone().unwrap_or_default();
+        if seen.get(&id).copied().unwrap_or(0) > 1 || id.is_empty() {
+            let tag = op
+                .tags
+                .as_ref()
+                .and_then(|t| t.first())
+                .cloned()
+                .unwrap_or_default();
+            let mut new = format!("{tag}_{id}");
+            if taken.contains(&new) {
+                let slug: String = path
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                new = format!("{method}{slug}");
+            }
+            op.operation_id = Some(new);
+        }
+        taken.insert(op.operation_id.clone().unwrap_or_default());
+    });
+}
+
+fn for_each_operation(
+    openapi: &mut OpenApi,
+    mut f: impl FnMut(&str, &str, &mut utoipa::openapi::path::Operation),
+) {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        for (method, op) in [
+            ("get", item.get.as_mut()),
+            ("post", item.post.as_mut()),
+            ("put", item.put.as_mut()),
+            ("patch", item.patch.as_mut()),
+            ("delete", item.delete.as_mut()),
+        ] {
+            if let Some(op) = op {
+                f(method, path, op);
+            }
+        }
+    }
+}
+
 /// Routes serving the document and the docs page; `api` is the finished OpenAPI document.
 pub fn docs_routes(mut api: OpenApi) -> Router<AppState> {
     mark_public(&mut api);
-    let json: Arc<str> = api.to_json().unwrap_or_else(|_| "{}".into()).into();
+    unique_operation_ids(&mut api);
+    let mut doc = serde_json::to_value(&api).unwrap_or_default();
+    super::v1::schema_overrides(&mut doc);
+    let json: Arc<str> = doc.to_string().into();
     Router::new()
         .route(
             "/openapi.json",
@@ -101,5 +156,5 @@ pub fn docs_routes(mut api: OpenApi) -> Router<AppState> {
                 }
             }),
         )
-        .merge(Scalar::with_url("/docs", api))
+        .merge(Scalar::with_url("/docs", doc))
 }

@@ -2,6 +2,7 @@
 //! message's fields, and which model a conversation or turn may use.
 
 use crate::error::{Error, Result};
+pub use crate::patterns::{matches, pattern};
 use crate::state::AppState;
 use crate::storage;
 use questech_engine::EngineError;
@@ -24,10 +25,24 @@ pub fn check_len(field: &str, v: &str, min: usize, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// A one-line label: no control characters.
+/// Text of `min` to `max` characters; with `min > 0` it must not be blank either.
+pub fn check_text(field: &str, v: &str, min: usize, max: usize) -> Result<()> {
+    check_len(field, v, min, max)?;
+    if min > 0 && !matches(pattern::NOT_BLANK, v) {
+        return Err(Error::invalid(field, "must not be blank"));
+    }
+    Ok(())
+}
+
+/// A one-line label: no control characters; with `min > 0` not blank either.
 pub fn check_label(field: &str, v: &str, min: usize, max: usize) -> Result<()> {
     check_len(field, v, min, max)?;
-    if v.chars().any(char::is_control) || (min > 0 && v.trim().is_empty()) {
+    let p = if min > 0 {
+        pattern::LABEL
+    } else {
+        pattern::LINE
+    };
+    if !matches(p, v) {
         return Err(Error::invalid(
             field,
             "must not be blank or contain control characters",
@@ -38,13 +53,7 @@ pub fn check_label(field: &str, v: &str, min: usize, max: usize) -> Result<()> {
 
 /// Empty, an http(s) URL, or a `/static/` path; at most 1024 characters.
 pub fn check_url(field: &str, u: &str) -> Result<()> {
-    let ok = u.is_empty()
-        || (u.len() <= 1024
-            && ((u.starts_with("/static/")
-                && !u.contains("..")
-                && !u.chars().any(char::is_control))
-                || url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"))));
-    if ok {
+    if u.chars().count() <= 1024 && matches(pattern::URL, u) {
         Ok(())
     } else {
         Err(Error::invalid(
@@ -54,19 +63,11 @@ pub fn check_url(field: &str, u: &str) -> Result<()> {
     }
 }
 
-/// Validates a chat message's fields (REST and WebSocket).
+/// A chat message's content and client id (REST and WebSocket alike).
 pub fn validate_send(content: &str, client_msg_id: Option<&str>) -> Result<()> {
-    if content.trim().is_empty() {
-        return Err(Error::invalid("content", "must not be empty"));
-    }
-    check_len("content", content, 0, 32_000)?;
+    check_text("content", content, 1, 32_000)?;
     if let Some(c) = client_msg_id {
-        if c.is_empty() || c.len() > 128 {
-            return Err(Error::invalid(
-                "client_msg_id",
-                "must be 1 to 128 characters",
-            ));
-        }
+        check_len("client_msg_id", c, 1, 128)?;
     }
     Ok(())
 }

@@ -74,8 +74,13 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct SendBody {
-    /// Mainland mobile (`13812345678`) or E.164 (`+447700900123`).
+struct SmsSendBody {
+    /// Mainland mobile (`13812345678`) or E.164 (`+447700900123`); spaces and dashes between
+    /// the digits are ignored.
+    #[schema(
+        max_length = 32,
+        pattern = r"^[ -]*(1[ -]*[3-9]([ -]*[0-9]){9}|\+[ -]*[1-9]([ -]*[0-9]){7,14})[ -]*$"
+    )]
     phone: String,
 }
 
@@ -84,11 +89,11 @@ struct Sent {
     sent: bool,
 }
 
-#[utoipa::path(post, path = "/sms/send", tag = "user", request_body = SendBody, responses((status = 202, description = "a code is on its way", body = Sent), (status = 429, description = "too soon, or too many codes today", body = crate::error::ApiError), (status = "4XX", description = "error", body = crate::error::ApiError), (status = 502, description = "the SMS provider failed", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/sms/send", tag = "user", request_body = SmsSendBody, responses((status = 202, description = "a code is on its way", body = Sent), (status = 429, description = "too soon, or too many codes today", body = crate::error::ApiError), (status = "4XX", description = "error", body = crate::error::ApiError), (status = 502, description = "the SMS provider failed", body = crate::error::ApiError)))]
 async fn send(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    Json(body): Json<SendBody>,
+    Json(body): Json<SmsSendBody>,
 ) -> Result<(StatusCode, Json<Sent>)> {
     let phone = crypto::normalize_phone(&body.phone)?;
     let ph = crypto::phone_hash(&state.config.encryption_key, &phone);
@@ -248,8 +253,13 @@ pub(super) async fn find_or_create(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct SmsLoginBody {
+    #[schema(
+        max_length = 32,
+        pattern = r"^[ -]*(1[ -]*[3-9]([ -]*[0-9]){9}|\+[ -]*[1-9]([ -]*[0-9]){7,14})[ -]*$"
+    )]
     phone: String,
     /// The 6 digits received by SMS.
+    #[schema(pattern = r"^[0-9]{6}$")]
     code: String,
 }
 
@@ -261,8 +271,8 @@ async fn login_sms(
     Json(body): Json<SmsLoginBody>,
 ) -> Result<Json<UserAndTokens>> {
     let phone = crypto::normalize_phone(&body.phone)?;
-    let code = body.code.trim();
-    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+    let code = body.code.as_str();
+    if !super::rules::matches(super::rules::pattern::SMS_CODE, code) {
         return Err(Error::invalid(
             "code",
             "must be the 6 digits received by SMS",

@@ -18,6 +18,16 @@ use questech_engine::EngineError;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// `data: …` with the blank line that ends an event.
+/// One event as the document describes a `text/event-stream` answer (each event on its own).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// The frame's type on chat turns; absent on `/v1`.
+    event: Option<String>,
+    /// A JSON object (a frame, or a `chat.completion.chunk`), or `[DONE]` at the end of `/v1`.
+    data: String,
+}
+
 pub fn data(data: &str) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::rules::{check_label, check_text};
 use super::Json;
 use crate::auth::{AuthUser, Role};
 use crate::error::{Error, Result};
@@ -49,22 +50,20 @@ pub struct ToolAnswer {
     pub credits: ToolCredits,
 }
 
-fn check_text(text: &str) -> Result<()> {
-    let n = text.chars().count();
-    if n == 0 || n > MAX_TEXT_CHARS || text.trim().is_empty() {
-        return Err(Error::invalid(
-            "text",
-            &format!("must be 1 to {MAX_TEXT_CHARS} characters and not blank"),
-        ));
-    }
-    Ok(())
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 struct TranslateBody {
-    /// 1 to 20000 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 20000,
+        pattern = r"[^\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     text: String,
-    /// The language to translate into, e.g. `en`, `zh-CN`, `French` (2 to 32 characters).
+    /// The language to translate into, e.g. `en`, `zh-CN`, `French`.
+    #[schema(
+        min_length = 2,
+        max_length = 32,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     target_lang: String,
 }
 
@@ -74,15 +73,9 @@ async fn translate(
     user: AuthUser,
     Json(body): Json<TranslateBody>,
 ) -> Result<Json<ToolAnswer>> {
-    check_text(&body.text)?;
+    check_text("text", &body.text, 1, MAX_TEXT_CHARS)?;
+    check_label("target_lang", &body.target_lang, 2, 32)?;
     let lang = body.target_lang.trim();
-    let n = lang.chars().count();
-    if !(2..=32).contains(&n) || lang.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "target_lang",
-            "must be 2 to 32 characters with no control characters",
-        ));
-    }
     let messages = vec![
         ChatMessage {
             role: "system".into(),
@@ -103,9 +96,15 @@ async fn translate(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct SummarizeBody {
-    /// 1 to 20000 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 20000,
+        pattern = r"[^\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     text: String,
-    /// Longest summary wanted, 1 to 2000 words (default 150).
+    /// Longest summary wanted, in words (default 150).
+    #[schema(minimum = 1, maximum = 2000)]
+    #[serde(default, deserialize_with = "super::de::opt_int")]
     max_words: Option<i64>,
 }
 
@@ -115,7 +114,7 @@ async fn summarize(
     user: AuthUser,
     Json(body): Json<SummarizeBody>,
 ) -> Result<Json<ToolAnswer>> {
-    check_text(&body.text)?;
+    check_text("text", &body.text, 1, MAX_TEXT_CHARS)?;
     let max_words = body.max_words.unwrap_or(DEFAULT_MAX_WORDS);
     if !(1..=2000).contains(&max_words) {
         return Err(Error::invalid("max_words", "must be between 1 and 2000"));

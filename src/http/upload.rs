@@ -105,7 +105,7 @@ pub struct Uploaded {
 #[allow(dead_code)]
 struct UploadForm {
     /// The image (PNG, JPEG, GIF or WebP).
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1)]
     file: Vec<u8>,
 }
 

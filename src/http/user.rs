@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::rules::check_len;
 use super::{ClientIp, Json, PageQuery, Query};
 use crate::auth::account::{
     open_session, user_view, validate_password, validate_username, Tokens, UserAndTokens,
 };
 use crate::auth::{self, password, AuthUser};
 use crate::error::{Error, Result};
+use crate::patterns::{matches, pattern};
 use crate::state::AppState;
 use crate::storage::{self, ledger, sessions, users, Paged};
 
@@ -29,7 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 // ---- validation -------------------------------------------------------------------------------
 
 fn validate_nickname(n: &str) -> Result<()> {
-    if n.chars().count() > 64 || n.chars().any(char::is_control) {
+    if n.chars().count() > 64 || !matches(pattern::LINE, n) {
         return Err(Error::invalid(
             "nickname",
             "must be at most 64 characters with no control characters",
@@ -42,8 +44,12 @@ fn validate_nickname(n: &str) -> Result<()> {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct RegisterBody {
+    #[schema(pattern = r"^[A-Za-z0-9_]{3,20}$")]
     username: String,
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
+    /// Default: the username.
+    #[schema(max_length = 64, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     nickname: Option<String>,
 }
 
@@ -93,7 +99,10 @@ async fn register(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct LoginBody {
+    /// The username (any case).
+    #[schema(min_length = 1, max_length = 64)]
     username: String,
+    #[schema(min_length = 1, max_length = 512)]
     password: String,
 }
 
@@ -149,12 +158,8 @@ async fn login(
     headers: HeaderMap,
     Json(body): Json<LoginBody>,
 ) -> Result<Json<UserAndTokens>> {
-    if body.username.is_empty() || body.username.len() > 64 {
-        return Err(Error::invalid("username", "required"));
-    }
-    if body.password.is_empty() || body.password.len() > 512 {
-        return Err(Error::invalid("password", "required"));
-    }
+    check_len("username", &body.username, 1, 64)?;
+    check_len("password", &body.password, 1, 512)?;
     let limiter = LoginLimiter {
         state: &state,
         acct_key: format!("lf:acct:{}", body.username.to_ascii_lowercase()),
@@ -264,8 +269,16 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<users:
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct PatchMe {
+    #[schema(max_length = 64, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     nickname: Option<String>,
+    /// An http(s) URL or a `/static/` path (e.g. from `POST /common/upload`); empty clears it.
+    #[schema(
+        max_length = 1024,
+        pattern = r"^(|https?://[^\x00-\x20\x7f-\xa0/?#]+([/?#][^\x00-\x20\x7f-\xa0]*)?|/static/(\.?[^.\x00-\x1f\x7f-\x9f])*\.?)$"
+    )]
     avatar_url: Option<String>,
+    /// The new password; needs `old_password` when the account has one (403 without it).
+    #[schema(min_length = 8, max_length = 128)]
     password: Option<String>,
     old_password: Option<String>,
 }
@@ -292,9 +305,9 @@ async fn patch_me(
         validate_password(&new, "password")?;
         // Changing a password needs the old one, unless the account never had one (SMS/Apple).
         if let Some(hash) = row.password_hash.clone() {
-            let old = body
-                .old_password
-                .ok_or_else(|| Error::invalid("old_password", "required to change the password"))?;
+            let old = body.old_password.ok_or_else(|| {
+                Error::Forbidden("old_password is required to change the password".into())
+            })?;
             if !password::verify(old, hash).await? {
                 return Err(Error::Unauthorized("old_password is wrong".into()));
             }

@@ -63,9 +63,8 @@ pub async fn adjust(
         tx.rollback().await?;
         let exists = super::users::by_id(db, user_id).await?.is_some();
         return if exists {
-            Err(Error::invalid(
-                "delta",
-                "the debit would take the balance below zero",
+            Err(Error::Conflict(
+                "delta: the debit would take the balance below zero".into(),
             ))
         } else {
             Ok(None)

@@ -729,11 +729,12 @@ both!(patch_me_password, |app| async move {
     let t = Some(u.access.as_str());
     let new = "a-brand-new-password";
 
-    // Missing old_password.
+    // Missing old_password: the account has a password, so the change is not allowed without it.
     let (s, _, b) = app
         .patch("/user/me", t, Some(json!({"password": new})))
         .await;
-    assert_invalid(s, &b, "old_password");
+    let msg = assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden");
+    assert!(msg.contains("old_password"), "{msg}");
     // Wrong old_password.
     let (s, h, b) = app
         .patch(

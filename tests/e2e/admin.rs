@@ -185,11 +185,13 @@ both!(role_changes_and_guards, |app| async move {
         let (s, b) = patch_user(&app, &adm.access, id, json!({"disabled": true})).await;
         assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
     }
-    // An admin can neither disable nor demote themselves.
+    // An admin can neither disable nor demote themselves: a valid request they may not make.
     let (s, b) = patch_user(&app, &adm.access, &adm.id, json!({"disabled": true})).await;
-    assert_invalid(s, &b, "disabled");
+    let msg = assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden");
+    assert!(msg.contains("disabled"), "{msg}");
     let (s, b) = patch_user(&app, &adm.access, &adm.id, json!({"role": "user"})).await;
-    assert_invalid(s, &b, "role");
+    let msg = assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden");
+    assert!(msg.contains("role"), "{msg}");
     let (s, b) = patch_user(
         &app,
         &adm.access,
@@ -316,4 +318,43 @@ mysql_only!(disabling_closes_sockets_on_every_node, |app| async move {
     assert_unauthorized(s, &h, &body);
     let (s, _, body) = node_b.login_raw(&u.username, PASSWORD).await;
     assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
+});
+
+both!(grant_rules, |app| async move {
+    let adm = app.register(&uname("gadm")).await;
+    let adm = app.make_admin(&adm.username).await;
+    let u = app.register(&uname("gusr")).await;
+    let path = format!("/admin/users/{}/credits", u.id);
+    let grant = |delta: Value| {
+        let (app, path, token) = (&app, path.clone(), adm.access.clone());
+        async move {
+            app.post(
+                &path,
+                Some(&token),
+                Some(json!({"delta": delta, "reason": "test"})),
+            )
+            .await
+        }
+    };
+    // A whole number written as a float is that number; a fraction or zero is refused.
+    let (s, _, b) = grant(json!(5.0)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["delta"].clone(), b["balance"].clone()),
+        (json!(5), json!(105))
+    );
+    for bad in [json!(5.5), json!(0), json!(1_000_000_001), json!("5")] {
+        let (s, _, b) = grant(bad.clone()).await;
+        assert_invalid(s, &b, "delta");
+    }
+    // A debit below zero is a conflict with the balance, and changes nothing.
+    let (s, _, b) = grant(json!(-106)).await;
+    let msg = assert_error(s, &b, StatusCode::CONFLICT, "conflict");
+    assert!(msg.contains("below zero"), "{msg}");
+    let (_, _, me) = app.get("/user/me", Some(&u.access)).await;
+    assert_eq!(me["credits"], 105);
+    let (credits, sum) = questech::storage::ledger::balance_check(&app.state.db, u.uid())
+        .await
+        .unwrap();
+    assert_eq!((credits, sum), (105, 105));
 });

@@ -206,7 +206,6 @@ both!(agent_validation, |app| async move {
         (json!({"name": "", "model": "echo"}), "name"),
         (json!({"name": "   ", "model": "echo"}), "name"),
         (json!({"name": long, "model": "echo"}), "name"),
-        (json!({"name": "A", "model": "no-such-model"}), "model"),
         (
             json!({"name": "A", "model": "echo", "temperature": 2.5}),
             "temperature",
@@ -238,6 +237,16 @@ both!(agent_validation, |app| async move {
             .await;
         assert_invalid(s, &b, field);
     }
+    // A model that does not exist is named by the 404 of a missing model.
+    let (s, _, b) = app
+        .post(
+            "/admin/agents",
+            Some(&adm.access),
+            Some(json!({"name": "A", "model": "no-such-model"})),
+        )
+        .await;
+    let msg = assert_error(s, &b, StatusCode::NOT_FOUND, "model_not_found");
+    assert!(msg.contains("no-such-model"), "{msg}");
     // Wrong types and malformed JSON are 400 as well.
     let (s, _, b) = app
         .post(
@@ -271,7 +280,7 @@ both!(agent_validation, |app| async move {
     assert_eq!(a["avatar_url"], "https://cdn.example.com/a.png");
     let id = a["id"].as_str().unwrap();
     for (body, field) in [
-        (json!({"model": "nope"}), "model"),
+        (json!({"model": ""}), "model"),
         (json!({"temperature": 3}), "temperature"),
         (json!({"name": ""}), "name"),
         (json!({"avatar_url": "file:///etc/passwd"}), "avatar_url"),

@@ -31,6 +31,7 @@ mod errors;
 mod group_commit;
 mod health;
 mod ops;
+mod schema_fuzz;
 mod shutdown;
 mod sms;
 mod supervision;

@@ -17,6 +17,8 @@ mod chunks;
 mod overhead;
 mod request;
 
+pub use request::overrides as schema_overrides;
+
 use axum::extract::State;
 use axum::http::HeaderName;
 use axum::response::Response;
@@ -40,7 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// `X-Questech-Overhead-Ms`.
 pub static OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-questech-overhead-ms");
 
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "v1", request_body = CompletionRequest, responses((status = 200, description = "a `chat.completion` object, or with `stream` an SSE stream of `chat.completion.chunk` objects ending with `data: [DONE]`", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError), (status = "5XX", description = "upstream error", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "v1", request_body = CompletionRequest, responses((status = 200, description = "a `chat.completion` object, or with `stream` an SSE stream of `chat.completion.chunk` objects ending with `data: [DONE]`", content((Object = "application/json"), (crate::http::sse::SseEvent = "text/event-stream"))), (status = "4XX", description = "error", body = crate::error::ApiError), (status = "5XX", description = "upstream error", body = crate::error::ApiError)))]
 async fn completions(
     State(state): State<AppState>,
     V1Auth(user): V1Auth,
@@ -50,7 +52,7 @@ async fn completions(
 }
 
 /// Alias of `POST /v1/chat/completions`.
-#[utoipa::path(post, path = "/chat/completions", tag = "v1", request_body = CompletionRequest, responses((status = 200, description = "as `POST /v1/chat/completions`", body = Object), (status = "4XX", description = "error", body = crate::error::ApiError), (status = "5XX", description = "upstream error", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/chat/completions", tag = "v1", request_body = CompletionRequest, responses((status = 200, description = "as `POST /v1/chat/completions`", content((Object = "application/json"), (crate::http::sse::SseEvent = "text/event-stream"))), (status = "4XX", description = "error", body = crate::error::ApiError), (status = "5XX", description = "upstream error", body = crate::error::ApiError)))]
 async fn completions_alias(
     State(state): State<AppState>,
     V1Auth(user): V1Auth,

@@ -12,18 +12,28 @@ pub struct CompletionRequest {
     #[schema(min_length = 1, max_length = 128)]
     pub model: String,
     #[schema(min_items = 1)]
+    #[serde(deserialize_with = "crate::http::de::objects")]
     pub messages: Vec<InMessage>,
     pub stream: Option<bool>,
+    #[serde(default, deserialize_with = "crate::http::de::opt_object")]
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 1, maximum = 1000000000)]
+    #[serde(default, deserialize_with = "crate::http::de::opt_int")]
     pub max_tokens: Option<i64>,
     /// Preferred over `max_tokens` when both are given.
+    #[schema(minimum = 1, maximum = 1000000000)]
+    #[serde(default, deserialize_with = "crate::http::de::opt_int")]
     pub max_completion_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
-    /// A string or an array of up to 4 strings.
+    /// A string or an array of up to 4 strings, each 1 to 256 characters (schema: [`overrides`]).
     #[schema(value_type = Option<Object>)]
     pub stop: Option<Value>,
     /// Only 1.
+    #[schema(minimum = 1, maximum = 1)]
+    #[serde(default, deserialize_with = "crate::http::de::opt_int")]
     pub n: Option<i64>,
 }
 
@@ -89,12 +99,7 @@ fn content_text(i: usize, role: &str, content: Option<&Value>) -> Result<String>
 }
 
 pub fn validate(body: CompletionRequest) -> Result<Valid> {
-    if body.model.trim().is_empty() {
-        return Err(Error::invalid("model", "required"));
-    }
-    if body.model.len() > 128 {
-        return Err(Error::invalid("model", "must be at most 128 characters"));
-    }
+    crate::http::rules::check_len("model", &body.model, 1, 128)?;
     if body.messages.is_empty() {
         return Err(Error::invalid("messages", "must not be empty"));
     }
@@ -110,7 +115,9 @@ pub fn validate(body: CompletionRequest) -> Result<Valid> {
         (None, None) => None,
     };
     let max_tokens = match max_tokens {
-        Some((field, v)) if v < 1 => return Err(Error::invalid(field, "must be at least 1")),
+        Some((field, v)) if !(1..=1_000_000_000).contains(&v) => {
+            return Err(Error::invalid(field, "must be between 1 and 1000000000"))
+        }
         Some((_, v)) => Some(v as u64),
         None => None,
     };
@@ -198,4 +205,35 @@ fn parse_stop(stop: Option<Value>) -> Result<Vec<String>> {
         return Err(Error::invalid("stop", "each must be 1 to 256 characters"));
     }
     Ok(stop)
+}
+
+/// What the attributes cannot say: a message's `content` is required except from the assistant
+/// and is a string or text parts; `stop` is a string or up to 4 of them. Applied to the finished
+/// document.
+pub fn overrides(doc: &mut Value) {
+    let content = serde_json::json!({"oneOf": [
+        {"type": "string"},
+        {"type": "array", "items": {
+            "type": "object", "required": ["type", "text"],
+            "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}
+        }}
+    ]});
+    let message = serde_json::json!({"oneOf": [
+        {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"type": "string", "enum": ["system", "developer", "user"]},
+            "content": content
+        }},
+        {"type": "object", "required": ["role"], "properties": {
+            "role": {"type": "string", "enum": ["assistant"]},
+            "content": {"oneOf": [{"type": "null"}, content]}
+        }}
+    ]});
+    let stop = serde_json::json!({"oneOf": [
+        {"type": "null"},
+        {"type": "string", "minLength": 1, "maxLength": 256},
+        {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 256}}
+    ]});
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["InMessage"] = message;
+    schemas["CompletionRequest"]["properties"]["stop"] = stop;
 }
