@@ -1,0 +1,259 @@
+//! The writer task: batches, their transaction, and the one-by-one retry after a failed batch.
+
+use super::*;
+
+// ---- the writer task ----------------------------------------------------------------------------
+
+pub(super) async fn run(
+    pool: AnyPool,
+    dialect: Dialect,
+    mut rx: mpsc::Receiver<Pending>,
+    stats: Arc<Stats>,
+) {
+    let mut conn: Option<PoolConnection<Any>> = None;
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match pool.acquire().await {
+                Ok(mut c) => {
+                    // A long-lived connection of its own; never handed back mid-transaction.
+                    c.close_on_drop();
+                    c
+                }
+                Err(e) => {
+                    let msg = format!("no database connection: {e}");
+                    for p in batch.drain(..) {
+                        p.fail(&msg);
+                    }
+                    continue;
+                }
+            },
+        };
+        conn = write_batch(c, dialect, std::mem::take(&mut batch), &stats).await;
+        batch.reserve(MAX_BATCH);
+    }
+}
+
+/// Applies a batch and answers every operation of it. Returns the connection when it is still
+/// in a known state (no open transaction).
+pub(super) async fn write_batch(
+    mut conn: PoolConnection<Any>,
+    dialect: Dialect,
+    batch: Vec<Pending>,
+    stats: &Stats,
+) -> Option<PoolConnection<Any>> {
+    let started = Instant::now();
+    match attempt(&mut conn, dialect, &batch).await {
+        Ok(applied) => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .batched_ops
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            metrics::histogram!("questech_db_group_commit_ops").record(batch.len() as f64);
+            metrics::histogram!("questech_db_group_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            for (p, a) in batch.into_iter().zip(applied) {
+                p.answer(Ok(a));
+            }
+            return Some(conn);
+        }
+        Err(Failure::Commit(e)) => {
+            // Unknown whether it committed: tell everyone, retry nothing, drop the connection.
+            let msg = format!("database commit failed: {e}");
+            for p in batch {
+                p.fail(&msg);
+            }
+            conn.close_on_drop();
+            return None;
+        }
+        Err(Failure::Statement(e)) => {
+            if batch.len() == 1 {
+                let mut it = batch.into_iter();
+                if let Some(p) = it.next() {
+                    let answer = single_failure(&mut conn, &p, e).await;
+                    p.answer(answer);
+                }
+                return Some(conn);
+            }
+        }
+        Err(Failure::Rollback(e)) => {
+            let msg = format!("database error: {e}");
+            for p in batch {
+                p.fail(&msg);
+            }
+            conn.close_on_drop();
+            return None;
+        }
+    }
+    // The batch failed on a statement and was rolled back: apply each operation alone, so the
+    // one at fault fails by itself.
+    stats.split_batches.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("questech_db_group_commit_splits_total").increment(1);
+    let mut ops = batch.into_iter();
+    while let Some(p) = ops.next() {
+        let one = std::slice::from_ref(&p);
+        match attempt(&mut conn, dialect, one).await {
+            Ok(mut applied) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                match applied.pop() {
+                    Some(a) => p.answer(Ok(a)),
+                    None => p.fail("nothing applied"),
+                }
+            }
+            Err(Failure::Statement(e)) => {
+                let answer = single_failure(&mut conn, &p, e).await;
+                p.answer(answer);
+            }
+            Err(Failure::Commit(e) | Failure::Rollback(e)) => {
+                let msg = format!("database error: {e}");
+                p.fail(&msg);
+                for rest in ops {
+                    rest.fail(&msg);
+                }
+                conn.close_on_drop();
+                return None;
+            }
+        }
+    }
+    Some(conn)
+}
+
+/// The answer to an operation that failed alone (its transaction is rolled back). A user
+/// message whose `client_msg_id` raced in from another device is a duplicate, not an error.
+pub(super) async fn single_failure(
+    conn: &mut AnyConnection,
+    p: &Pending,
+    e: Error,
+) -> Result<Applied> {
+    if let (Error::Conflict(_), Pending::Begin(t, _)) = (&e, p) {
+        if let Some(cid) = &t.user_message.client_msg_id {
+            if let Some((u, a)) =
+                super::super::chat::find_by_client_id(conn, t.conversation_id, cid).await?
+            {
+                return Ok(Applied::Refused(BeginOutcome::Duplicate {
+                    user_message: u,
+                    assistant_message: a,
+                }));
+            }
+        }
+    }
+    Err(e)
+}
+
+pub(super) enum Failure {
+    /// A statement failed; the transaction was rolled back.
+    Statement(Error),
+    /// The rollback itself failed: the connection's state is unknown.
+    Rollback(Error),
+    /// `COMMIT` failed: whether it happened is unknown.
+    Commit(Error),
+}
+
+pub(super) async fn attempt(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    batch: &[Pending],
+) -> std::result::Result<Vec<Applied>, Failure> {
+    let begin = match dialect {
+        // Take the write lock now: a deferred transaction that reads first could fail with
+        // SQLITE_BUSY instead of waiting.
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::MySql => "BEGIN",
+    };
+    if let Err(e) = conn.execute(begin).await {
+        return Err(Failure::Rollback(e.into()));
+    }
+    let now = now_ms();
+    let mut rows = Rows::default();
+    let mut applied = Vec::with_capacity(batch.len());
+    let mut result = Ok(());
+    for p in batch {
+        match apply(conn, dialect, p, now, &mut rows).await {
+            Ok(a) => applied.push(a),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        result = rows.insert(conn).await;
+    }
+    if let Err(e) = result {
+        return match conn.execute("ROLLBACK").await {
+            Ok(_) => Err(Failure::Statement(e)),
+            Err(r) => Err(Failure::Rollback(r.into())),
+        };
+    }
+    match conn.execute("COMMIT").await {
+        Ok(_) => Ok(applied),
+        Err(e) => Err(Failure::Commit(e.into())),
+    }
+}
+
+impl Pending {
+    pub(super) fn fail(self, msg: &str) {
+        self.answer(Err(Error::Internal(anyhow::anyhow!("{msg}"))));
+    }
+
+    /// Sends the caller its answer (moving the operation's message into it). A caller that
+    /// went away no longer needs its answer; what was written stands.
+    pub(super) fn answer(self, a: Result<Applied>) {
+        match self {
+            Pending::Reserve(_, tx) => {
+                let _ = tx.send(a.and_then(|a| match a {
+                    Applied::Reserved(r) => Ok(r),
+                    _ => Err(mismatch()),
+                }));
+            }
+            Pending::Settle(_, tx) => {
+                let _ = tx.send(a.and_then(|a| match a {
+                    Applied::Settled(s) => Ok(s),
+                    _ => Err(mismatch()),
+                }));
+            }
+            Pending::Begin(t, tx) => {
+                let _ = tx.send(a.and_then(|a| match a {
+                    Applied::Started {
+                        seq,
+                        reservation_id,
+                    } => {
+                        let mut user_message = t.user_message;
+                        user_message.seq = seq;
+                        Ok(BeginOutcome::Started {
+                            user_message,
+                            reservation_id,
+                        })
+                    }
+                    Applied::Refused(o) => Ok(o),
+                    _ => Err(mismatch()),
+                }));
+            }
+            Pending::Finish(t, tx) => {
+                let _ = tx.send(a.and_then(|a| match a {
+                    Applied::Finished {
+                        seq,
+                        charged,
+                        balance,
+                    } => {
+                        let mut assistant = t.assistant;
+                        assistant.seq = seq;
+                        assistant.credits_charged = charged;
+                        Ok(FinishOutcome {
+                            assistant,
+                            charged,
+                            balance,
+                        })
+                    }
+                    Applied::AlreadyFinished(o) => Ok(o),
+                    _ => Err(mismatch()),
+                }));
+            }
+        }
+    }
+}
+
+pub(super) fn mismatch() -> Error {
+    Error::Internal(anyhow::anyhow!("database writer: answer of the wrong kind"))
+}
