@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pool;
 pub mod ports;
 pub mod registry;
+mod supervisor;
 pub mod tokens;
 pub mod user_session;
 
