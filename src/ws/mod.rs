@@ -10,19 +10,16 @@ use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::Response;
 use bytes::Bytes;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{self, AuthUser, Role};
+use crate::auth::{self, AuthUser};
 use crate::error::{Error, Result};
-use crate::http::rules::{parse_id, validate_send};
 use crate::state::AppState;
 use crate::storage;
-use questech_engine::conversation::Ack;
-use questech_engine::engine::SendTurnRequest;
-use questech_engine::events::{ErrorBody, Frame};
+use questech_engine::events::Frame;
 use questech_engine::user_session::{Connection, UserMsg};
 
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -30,6 +27,11 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENT_LIMIT: Duration = Duration::from_secs(90);
 
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
+
+mod frames;
+
+pub use frames::ClientFrame;
+use frames::{handle_frame, protocol_error};
 
 /// Authenticates from the `Authorization` header or `?token=`, before the upgrade.
 pub struct WsAuth(pub AuthUser);
@@ -71,28 +73,6 @@ pub async fn upgrade(
         .max_message_size(MAX_FRAME * 4)
         .max_frame_size(MAX_FRAME * 4)
         .on_upgrade(move |socket| run(state, user, credits, socket)))
-}
-
-/// Client → server frames (SPEC §8). Public so benchmarks parse exactly what the server parses.
-#[derive(Deserialize, Debug)]
-#[serde(tag = "type")]
-pub enum ClientFrame {
-    #[serde(rename = "chat.send")]
-    Send {
-        id: Option<String>,
-        conversation_id: String,
-        content: String,
-        model: Option<String>,
-    },
-    #[serde(rename = "chat.cancel")]
-    Cancel { conversation_id: String },
-    #[serde(rename = "conversation.sync")]
-    Sync {
-        conversation_id: String,
-        after_seq: Option<i64>,
-    },
-    #[serde(rename = "ping")]
-    Ping,
 }
 
 fn text(b: Bytes) -> Message {
@@ -145,16 +125,7 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
                     // must end the write too (bounded memory, no stuck task).
                     // Whatever else is already queued goes out in the same write (one flush per
                     // burst, not one per frame).
-                    let write = async {
-                        sink.feed(text(bytes)).await?;
-                        for _ in 0..64 {
-                            match rx.try_recv() {
-                                Ok(more) => sink.feed(text(more)).await?,
-                                Err(_) => break,
-                            }
-                        }
-                        sink.flush().await
-                    };
+                    let write = write_burst(&mut sink, &mut rx, bytes);
                     tokio::select! {
                         r = write => if r.is_err() { break None; },
                         _ = close.cancelled() => break Some((1008, "connection closed by the server")),
@@ -176,20 +147,8 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
                     None => break None,
                 };
                 last_heard = tokio::time::Instant::now();
-                match msg {
-                    Message::Text(t) => {
-                        if t.len() > MAX_FRAME { break Some((1009, "frame too large")); }
-                        if let Some(reply) = handle_frame(&state, &user, t.as_str(), &tx).await {
-                            let _ = tx.try_send(reply.to_bytes());
-                        }
-                    }
-                    Message::Binary(b) => {
-                        if b.len() > MAX_FRAME { break Some((1009, "frame too large")); }
-                        let f = Frame::Error { error: ErrorBody { code: "invalid_request".into(), message: "binary frames are not supported; send JSON text".into(), retry_after: None } };
-                        let _ = tx.try_send(f.to_bytes());
-                    }
-                    Message::Close(_) => break None,
-                    Message::Ping(_) | Message::Pong(_) => {}
+                if let Some(end) = on_message(&state, &user, msg, &tx).await {
+                    break end;
                 }
             }
             _ = ping.tick() => {
@@ -222,6 +181,55 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
     state.engine.detach(user.user_id, conn_id);
 }
 
+/// Writes `first` and whatever else is already queued (up to 64 more) with one flush.
+async fn write_burst(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Bytes>,
+    first: Bytes,
+) -> std::result::Result<(), axum::Error> {
+    sink.feed(text(first)).await?;
+    for _ in 0..64 {
+        match rx.try_recv() {
+            Ok(more) => sink.feed(text(more)).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}
+
+/// Handles one message from the client; `Some(close)` ends the connection (with that close
+/// frame, or none).
+async fn on_message(
+    state: &AppState,
+    user: &AuthUser,
+    msg: Message,
+    tx: &mpsc::Sender<Bytes>,
+) -> Option<Option<(u16, &'static str)>> {
+    match msg {
+        Message::Text(t) => {
+            if t.len() > MAX_FRAME {
+                return Some(Some((1009, "frame too large")));
+            }
+            if let Some(reply) = handle_frame(state, user, t.as_str(), tx).await {
+                let _ = tx.try_send(reply.to_bytes());
+            }
+        }
+        Message::Binary(b) => {
+            if b.len() > MAX_FRAME {
+                return Some(Some((1009, "frame too large")));
+            }
+            let f = protocol_error(
+                "invalid_request",
+                "binary frames are not supported; send JSON text",
+            );
+            let _ = tx.try_send(f.to_bytes());
+        }
+        Message::Close(_) => return Some(None),
+        Message::Ping(_) | Message::Pong(_) => {}
+    }
+    None
+}
+
 /// Why a read failed, as the close frame to answer with: a frame or message past the transport
 /// limit is 1009 like any frame over [`MAX_FRAME`], a text frame that is not UTF-8 is 1007
 /// (RFC 6455 §8.1), and a broken protocol 1002. A vanished peer gets no close frame.
@@ -233,168 +241,4 @@ fn read_failure(e: axum::Error) -> Option<(u16, &'static str)> {
         Ok(WsError::Protocol(_)) => Some((1002, "protocol error")),
         _ => None,
     }
-}
-
-fn protocol_error(code: &str, message: impl Into<String>) -> Frame {
-    Frame::Error {
-        error: ErrorBody {
-            code: code.into(),
-            message: message.into(),
-            retry_after: None,
-        },
-    }
-}
-
-fn chat_error(id: Option<String>, conversation_id: i64, e: &Error) -> Frame {
-    Frame::ChatError {
-        id,
-        conversation_id,
-        error: ErrorBody {
-            code: e.code().into(),
-            message: e.public_message(),
-            retry_after: e.retry_after(),
-        },
-    }
-}
-
-/// Handles one client frame; returns a direct reply for this connection, if any.
-async fn handle_frame(
-    state: &AppState,
-    user: &AuthUser,
-    text: &str,
-    tx: &mpsc::Sender<Bytes>,
-) -> Option<Frame> {
-    // Frames are JSON objects (SPEC §8): serde would also read a tagged enum from an array.
-    if !text.trim_start().starts_with('{') {
-        return Some(protocol_error(
-            "invalid_request",
-            "a frame is a JSON object with a \"type\"",
-        ));
-    }
-    let frame: ClientFrame = match serde_json::from_str(text) {
-        Ok(f) => f,
-        Err(e) => {
-            return Some(protocol_error(
-                "invalid_request",
-                format!("unparsable or unknown frame: {e}"),
-            ))
-        }
-    };
-    match frame {
-        ClientFrame::Ping => Some(Frame::Pong),
-        ClientFrame::Send {
-            id,
-            conversation_id,
-            content,
-            model,
-        } => {
-            let conv = match parse_id(&conversation_id, "conversation") {
-                Ok(c) => c,
-                Err(e) => return Some(chat_error(id, 0, &e)),
-            };
-            if let Err(e) = validate_send(&content, id.as_deref()) {
-                return Some(chat_error(id, conv, &e));
-            }
-            let handle = state
-                .engine
-                .send_chat(
-                    conv,
-                    SendTurnRequest {
-                        user_id: user.user_id,
-                        unlimited: user.role == Role::Admin,
-                        content,
-                        client_msg_id: id.clone(),
-                        model,
-                    },
-                )
-                .await;
-            let handle = match handle {
-                Ok(h) => h,
-                Err(e) => return Some(chat_error(id, conv, &e.into())),
-            };
-            // Wait for the ack off the read loop: a rejection goes to this device only; a
-            // success reaches every device as `chat.ack`.
-            let tx = tx.clone();
-            state.tracker.spawn(async move {
-                let reply = match handle.ack.await {
-                    Ok(Ok(Ack::Started { .. })) => None,
-                    Ok(Ok(Ack::Duplicate {
-                        user_message,
-                        assistant_message,
-                    })) => {
-                        let _ = tx.try_send(
-                            Frame::Message {
-                                message: user_message,
-                            }
-                            .to_bytes(),
-                        );
-                        assistant_message.map(|m| Frame::Message { message: m })
-                    }
-                    Ok(Err(e)) => Some(chat_error(id, conv, &e.into())),
-                    Err(_) => Some(chat_error(
-                        id,
-                        conv,
-                        &Error::Internal(anyhow::anyhow!("turn dropped")),
-                    )),
-                };
-                if let Some(f) = reply {
-                    let _ = tx.try_send(f.to_bytes());
-                }
-            });
-            None
-        }
-        ClientFrame::Cancel { conversation_id } => {
-            let Ok(conv) = parse_id(&conversation_id, "conversation") else {
-                return Some(protocol_error("not_found", "conversation not found"));
-            };
-            state.engine.cancel(user.user_id, conv);
-            None
-        }
-        ClientFrame::Sync {
-            conversation_id,
-            after_seq,
-        } => {
-            let Ok(conv) = parse_id(&conversation_id, "conversation") else {
-                return Some(protocol_error("not_found", "conversation not found"));
-            };
-            match sync(state, user, conv, after_seq.unwrap_or(0), tx).await {
-                Ok(f) => Some(f),
-                Err(e) => Some(protocol_error(e.code(), e.public_message())),
-            }
-        }
-    }
-}
-
-async fn sync(
-    state: &AppState,
-    user: &AuthUser,
-    conv: i64,
-    after_seq: i64,
-    tx: &mpsc::Sender<Bytes>,
-) -> Result<Frame> {
-    let c = storage::chat::get_conversation(&state.db, user.user_id, conv)
-        .await?
-        .ok_or_else(|| Error::not_found("conversation not found"))?;
-    let mut after = after_seq.max(0);
-    loop {
-        let (items, more) = storage::chat::messages_after(&state.db, c.id, after, 200).await?;
-        for m in items {
-            after = m.seq;
-            // Awaiting here applies back-pressure to a large replay instead of dropping it.
-            if tx
-                .send(Frame::Message { message: m }.to_bytes())
-                .await
-                .is_err()
-            {
-                return Err(Error::Internal(anyhow::anyhow!("connection closed")));
-            }
-        }
-        if !more {
-            break;
-        }
-    }
-    Ok(Frame::SyncDone {
-        conversation_id: c.id,
-        last_seq: after.max(after_seq),
-    })
 }

@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::events::{Credits, ErrorBody, Frame, MsgUsage, StoredMessage};
 use crate::llm::{ChatMessage, ChatRequest};
-use crate::meter::{bill, retry_once, Collector, End, TurnStatus};
+use crate::meter::{bill, retry_once, Collector, End, Plan, TurnStatus};
 use crate::pool::JobEvent;
 use crate::ports::{BeginOutcome, BeginTurn, FinishTurn};
 use crate::tokens;
@@ -49,57 +49,14 @@ impl ConvState {
             updates,
         } = send;
         let engine = self.engine();
-        let busy = self.turn.is_some();
-        let in_flight_same = self
-            .turn
-            .as_ref()
-            .is_some_and(|t| t.client_msg_id.is_some() && t.client_msg_id == client_msg_id);
-        let loaded = match self.ensure_loaded().await {
-            Ok(l) => l,
+        let (plan, user_message) = match self
+            .prepare(user_id, &content, client_msg_id.as_ref(), model)
+            .await
+        {
+            Ok(p) => p,
             Err(e) => return Err((e, ack)),
         };
-        if loaded.user_id != user_id {
-            return Err((EngineError::NotFound("conversation not found".into()), ack));
-        }
-        if busy && !in_flight_same {
-            return Err((EngineError::ConversationBusy, ack));
-        }
-        let model_id = model.unwrap_or_else(|| loaded.model.clone());
-        let model = match engine.usable_model(&model_id).await {
-            Ok(m) => m,
-            Err(e) => return Err((e, ack)),
-        };
-        // Context: system prompt, then the newest turns that fit, then the new message.
-        let budget = model
-            .context_window
-            .saturating_sub(model.max_output_tokens)
-            .max(1);
-        let (messages, prompt_tokens) = build_context(
-            &loaded.history,
-            loaded.system_prompt.as_deref(),
-            &content,
-            budget,
-        );
-        let request = ChatRequest {
-            messages,
-            max_tokens: Some(model.max_output_tokens),
-            ..Default::default()
-        };
-        let plan = engine.plan(model, request, prompt_tokens).await;
         let turn_id = crate::ids::next_id();
-        let user_message = StoredMessage {
-            id: crate::ids::next_id(),
-            conversation_id: self.id,
-            seq: 0,
-            role: "user".into(),
-            content: content.clone(),
-            status: TurnStatus::Complete.message_status().into(),
-            model: model_id,
-            usage: MsgUsage::default(),
-            credits_charged: 0,
-            client_msg_id: client_msg_id.clone(),
-            created_at: chrono::Utc::now().timestamp_millis(),
-        };
         let outcome = self
             .core
             .store
@@ -157,10 +114,91 @@ impl ConvState {
             user_message,
             assistant_id,
         }));
-        // Upstream: a task of the turn runs the pool and streams back into this mailbox.
         let cancel = CancellationToken::new();
+        self.launch(
+            myself,
+            Turn {
+                id: turn_id,
+                user_id,
+                unlimited,
+                client_msg_id,
+                assistant_id,
+                plan,
+                reservation_id,
+                user_content: content,
+                collector: Collector::default(),
+                index: 0,
+                _cancel_on_drop: cancel.clone().drop_guard(),
+                cancel,
+                aborted: false,
+                updates,
+                started: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks that the turn may run (owner, not busy, usable model) and plans it: the context
+    /// that fits the model's window and the routes with their reservation.
+    async fn prepare(
+        &mut self,
+        user_id: i64,
+        content: &str,
+        client_msg_id: Option<&String>,
+        model: Option<String>,
+    ) -> Result<(Plan, StoredMessage), EngineError> {
+        let engine = self.engine();
+        let busy = self.turn.is_some();
+        let in_flight_same = self.turn.as_ref().is_some_and(|t| {
+            t.client_msg_id.is_some() && t.client_msg_id.as_ref() == client_msg_id
+        });
+        let loaded = self.ensure_loaded().await?;
+        if loaded.user_id != user_id {
+            return Err(EngineError::NotFound("conversation not found".into()));
+        }
+        if busy && !in_flight_same {
+            return Err(EngineError::ConversationBusy);
+        }
+        let model_id = model.unwrap_or_else(|| loaded.model.clone());
+        let model = engine.usable_model(&model_id).await?;
+        // Context: system prompt, then the newest turns that fit, then the new message.
+        let budget = model
+            .context_window
+            .saturating_sub(model.max_output_tokens)
+            .max(1);
+        let (messages, prompt_tokens) = build_context(
+            &loaded.history,
+            loaded.system_prompt.as_deref(),
+            content,
+            budget,
+        );
+        let request = ChatRequest {
+            messages,
+            max_tokens: Some(model.max_output_tokens),
+            ..Default::default()
+        };
+        let plan = engine.plan(model, request, prompt_tokens).await;
+        let user_message = StoredMessage {
+            id: crate::ids::next_id(),
+            conversation_id: self.id,
+            seq: 0,
+            role: "user".into(),
+            content: content.to_owned(),
+            status: TurnStatus::Complete.message_status().into(),
+            model: model_id,
+            usage: MsgUsage::default(),
+            credits_charged: 0,
+            client_msg_id: client_msg_id.cloned(),
+            created_at: chrono::Utc::now().timestamp_millis(),
+        };
+        Ok((plan, user_message))
+    }
+
+    /// Starts the turn's upstream: a task runs the pool and streams back into this mailbox.
+    fn launch(&mut self, myself: &ActorRef<ConvMsg>, turn: Turn) {
         let (me, depth, pool) = (myself.clone(), self.depth.clone(), self.core.pool.clone());
-        let (routes, job_cancel) = (plan.routes.clone(), cancel.clone());
+        let (routes, job_cancel, turn_id) =
+            (turn.plan.routes.clone(), turn.cancel.clone(), turn.id);
         self.core.tracker.spawn(async move {
             pool.run(&routes, &job_cancel, &mut |event| {
                 depth.fetch_add(1, Ordering::Relaxed);
@@ -170,24 +208,7 @@ impl ConvState {
             })
             .await;
         });
-        self.turn = Some(Turn {
-            id: turn_id,
-            user_id,
-            unlimited,
-            client_msg_id,
-            assistant_id,
-            plan,
-            reservation_id,
-            user_content: content,
-            collector: Collector::default(),
-            index: 0,
-            _cancel_on_drop: cancel.clone().drop_guard(),
-            cancel,
-            aborted: false,
-            updates,
-            started: Instant::now(),
-        });
-        Ok(())
+        self.turn = Some(turn);
     }
 
     pub(super) async fn on_upstream(&mut self, turn_id: i64, event: JobEvent) {
