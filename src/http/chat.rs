@@ -233,32 +233,8 @@ async fn send(
             user_message,
             assistant_message,
         } => {
-            let balance = storage::users::by_id(&state.db, user.user_id)
-                .await?
-                .map(|u| u.credits)
-                .unwrap_or(0);
-            let charged = assistant_message
-                .as_ref()
-                .map(|m| m.credits_charged)
-                .unwrap_or(0);
-            if wants_sse {
-                let credits = Credits { charged, balance };
-                let frames = replayed(
-                    body.client_msg_id,
-                    conv.id,
-                    user_message,
-                    assistant_message,
-                    credits,
-                );
-                return Ok(sse::replay(frames));
-            }
-            Ok(Json(json!({
-                "user_message": user_message,
-                "assistant_message": assistant_message,
-                "credits": Credits { charged, balance },
-                "duplicate": true,
-            }))
-            .into_response())
+            let first = (user_message, assistant_message);
+            duplicate(&state, &user, conv.id, body.client_msg_id, first, wants_sse).await
         }
         Ack::Started { user_message, .. } if wants_sse => {
             let ack = Frame::Ack {
@@ -268,28 +244,71 @@ async fn send(
             };
             Ok(sse::turn(conv.id, ack, handle.updates))
         }
-        Ack::Started { user_message, .. } => {
-            while let Some(frame) = handle.updates.recv().await {
-                match frame {
-                    Frame::Done {
-                        message, credits, ..
-                    } => {
-                        return Ok(Json(json!({
-                            "user_message": user_message,
-                            "assistant_message": message,
-                            "credits": credits,
-                        }))
-                        .into_response())
-                    }
-                    Frame::ChatError { error, .. } => return Err(EngineError::from(&error).into()),
-                    _ => {}
-                }
+        Ack::Started { user_message, .. } => whole(user_message, handle.updates).await,
+    }
+}
+
+/// A repeated `client_msg_id`: the first turn's messages again, as JSON or as its events.
+async fn duplicate(
+    state: &AppState,
+    user: &AuthUser,
+    conversation_id: i64,
+    client_msg_id: Option<String>,
+    (user_message, assistant_message): (StoredMessage, Option<StoredMessage>),
+    wants_sse: bool,
+) -> Result<Response> {
+    let balance = storage::users::by_id(&state.db, user.user_id)
+        .await?
+        .map(|u| u.credits)
+        .unwrap_or(0);
+    let charged = assistant_message
+        .as_ref()
+        .map(|m| m.credits_charged)
+        .unwrap_or(0);
+    let credits = Credits { charged, balance };
+    if wants_sse {
+        let frames = replayed(
+            client_msg_id,
+            conversation_id,
+            user_message,
+            assistant_message,
+            credits,
+        );
+        return Ok(sse::replay(frames));
+    }
+    Ok(Json(json!({
+        "user_message": user_message,
+        "assistant_message": assistant_message,
+        "credits": credits,
+        "duplicate": true,
+    }))
+    .into_response())
+}
+
+/// Waits for the turn's end and answers it as one JSON object.
+async fn whole(
+    user_message: StoredMessage,
+    mut updates: tokio::sync::mpsc::UnboundedReceiver<Frame>,
+) -> Result<Response> {
+    while let Some(frame) = updates.recv().await {
+        match frame {
+            Frame::Done {
+                message, credits, ..
+            } => {
+                return Ok(Json(json!({
+                    "user_message": user_message,
+                    "assistant_message": message,
+                    "credits": credits,
+                }))
+                .into_response())
             }
-            Err(Error::Internal(anyhow::anyhow!(
-                "turn ended without an answer"
-            )))
+            Frame::ChatError { error, .. } => return Err(EngineError::from(&error).into()),
+            _ => {}
         }
     }
+    Err(Error::Internal(anyhow::anyhow!(
+        "turn ended without an answer"
+    )))
 }
 
 /// The events a turn gave, rebuilt from what was stored: `chat.ack`, its text as one

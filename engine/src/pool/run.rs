@@ -120,23 +120,41 @@ impl Job<'_, '_> {
         self.fail(error, false);
     }
 
+    /// Opens the stream of route `index`, within the first-token deadline.
+    async fn open(
+        &mut self,
+        slot: &Slot,
+        index: usize,
+        first_deadline: Instant,
+    ) -> Result<crate::llm::EventStream, Attempt> {
+        let open = slot.provider.stream(self.routes[index].request.clone());
+        tokio::select! {
+            r = open => r.map_err(|e| classify(slot, e)),
+            _ = tokio::time::sleep_until(first_deadline) => Err(classify(slot, ProviderError::Timeout)),
+            _ = self.cancel.cancelled() => {
+                (self.sink)(JobEvent::Cancelled);
+                Err(Attempt::Finished)
+            }
+        }
+    }
+
+    /// Route `index` answers: the breaker hears of a success, the caller of the route (and of
+    /// a usage that came before the content).
+    fn answering(&mut self, slot: &Slot, index: usize, early_usage: Option<Usage>) {
+        slot.record(true);
+        (self.sink)(JobEvent::Answering(index));
+        if let Some(u) = early_usage {
+            (self.sink)(JobEvent::Usage(u));
+        }
+    }
+
     async fn attempt_once(&mut self, slot: &Slot, index: usize) -> Attempt {
         let t0 = Instant::now();
         let provider = slot.provider.name().to_owned();
         let first_deadline = (t0 + slot.cfg.first_token_timeout).min(self.deadline);
-        let open = slot.provider.stream(self.routes[index].request.clone());
-        let mut stream = tokio::select! {
-            r = open => match r {
-                Ok(s) => s,
-                Err(e) => return classify(slot, e),
-            },
-            _ = tokio::time::sleep_until(first_deadline) => {
-                return classify(slot, ProviderError::Timeout);
-            }
-            _ = self.cancel.cancelled() => {
-                (self.sink)(JobEvent::Cancelled);
-                return Attempt::Finished;
-            }
+        let mut stream = match self.open(slot, index, first_deadline).await {
+            Ok(s) => s,
+            Err(attempt) => return attempt,
         };
         // Content reached the caller: from here on no retry, and the route is the answer's.
         let mut delivered = false;
@@ -167,13 +185,9 @@ impl Job<'_, '_> {
                 Some(Ok(StreamEvent::Delta(d))) => {
                     if !delivered {
                         delivered = true;
-                        slot.record(true);
                         metrics::histogram!("questech_llm_time_to_first_token_seconds", "provider" => provider.clone())
                             .record(t0.elapsed().as_secs_f64());
-                        (self.sink)(JobEvent::Answering(index));
-                        if let Some(u) = early_usage.take() {
-                            (self.sink)(JobEvent::Usage(u));
-                        }
+                        self.answering(slot, index, early_usage.take());
                     }
                     (self.sink)(JobEvent::Delta(d));
                 }
@@ -181,11 +195,7 @@ impl Job<'_, '_> {
                 Some(Ok(StreamEvent::Usage(u))) => early_usage = Some(u),
                 Some(Ok(StreamEvent::Done(reason))) => {
                     if !delivered {
-                        slot.record(true);
-                        (self.sink)(JobEvent::Answering(index));
-                        if let Some(u) = early_usage.take() {
-                            (self.sink)(JobEvent::Usage(u));
-                        }
+                        self.answering(slot, index, early_usage.take());
                     }
                     metrics::histogram!("questech_llm_request_duration_seconds", "provider" => provider.clone())
                         .record(t0.elapsed().as_secs_f64());

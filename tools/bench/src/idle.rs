@@ -54,6 +54,45 @@ fn raise_nofile(want: u64) -> u64 {
     }
 }
 
+/// The local addresses to connect from: one per [`PER_SOURCE`] sockets on IPv4 loopback (each
+/// source address has its own ephemeral ports), else the default.
+fn source_addresses(server: IpAddr, sockets: usize, asked: usize) -> Vec<Option<IpAddr>> {
+    let loopback_v4 = matches!(server, IpAddr::V4(ip) if ip.is_loopback());
+    let n = match asked {
+        0 => sockets.div_ceil(PER_SOURCE),
+        n => n,
+    }
+    .clamp(1, 250);
+    if loopback_v4 && n > 1 {
+        (0..n)
+            .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))))
+            .collect()
+    } else {
+        vec![None]
+    }
+}
+
+/// Holds one socket open until `stop` (pings are answered by the library); counts it in
+/// `dropped` if the server closes it first.
+async fn hold(mut ws: crate::ws::Ws, stop: CancellationToken, dropped: Arc<AtomicU64>) {
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(_)) => {}
+                _ => {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            _ = stop.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.flush()).await;
+                return;
+            }
+        }
+    }
+}
+
 pub async fn run(ctx: &Ctx, a: &IdleArgs) -> Result<Value, String> {
     let (url, addr) = endpoint(&ctx.base).await?;
     let k = a.sockets.max(1);
@@ -65,19 +104,7 @@ pub async fn run(ctx: &Ctx, a: &IdleArgs) -> Result<Value, String> {
     }
     let n_users = a.users.unwrap_or(k).clamp(1, k);
     let users = ctx.users(n_users, false).await?;
-    let loopback_v4 = matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
-    let n_sources = match a.source_ips {
-        0 => k.div_ceil(PER_SOURCE),
-        n => n,
-    }
-    .clamp(1, 250);
-    let sources: Vec<Option<IpAddr>> = if loopback_v4 && n_sources > 1 {
-        (0..n_sources)
-            .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))))
-            .collect()
-    } else {
-        vec![None]
-    };
+    let sources = source_addresses(addr.ip(), k, a.source_ips);
     let per_source = k.div_ceil(sources.len());
 
     let before = ctx.common.server_pid.and_then(stats::sample_process);
@@ -111,30 +138,11 @@ pub async fn run(ctx: &Ctx, a: &IdleArgs) -> Result<Value, String> {
         let Some((r, took)) = next else { break };
         bar.inc(1);
         match r {
-            Ok(mut ws) => {
+            Ok(ws) => {
                 st.ok += 1;
                 st.lat("connect").record(took);
                 st.last = Some(Instant::now());
-                let stop = stop.clone();
-                let dropped = dropped.clone();
-                holders.spawn(async move {
-                    loop {
-                        tokio::select! {
-                            m = ws.next() => match m {
-                                Some(Ok(_)) => {} // pings are answered by the library
-                                _ => {
-                                    dropped.fetch_add(1, Ordering::Relaxed);
-                                    return;
-                                }
-                            },
-                            _ = stop.cancelled() => {
-                                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                                let _ = tokio::time::timeout(Duration::from_secs(2), ws.flush()).await;
-                                return;
-                            }
-                        }
-                    }
-                });
+                holders.spawn(hold(ws, stop.clone(), dropped.clone()));
             }
             Err(code) => st.error(code),
         }

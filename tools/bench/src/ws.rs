@@ -183,6 +183,71 @@ struct Socket {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The turn a worker waits on.
+struct Turn<'a> {
+    id: &'a str,
+    conversation: &'a str,
+    t0: Instant,
+    deadline: tokio::time::Instant,
+}
+
+/// Reads frames until the turn ends, recording ack, first-delta and done latencies.
+async fn await_turn(
+    ws: &mut Ws,
+    st: &mut Stats,
+    turn: &Turn<'_>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Outcome {
+    let (id, t0, deadline) = (turn.id, turn.t0, turn.deadline);
+    let mut first_delta = false;
+    loop {
+        let next = tokio::select! {
+            m = tokio::time::timeout_at(deadline, ws.next()) => m,
+            _ = stop.cancelled() => return Outcome::Abandoned,
+        };
+        let text = match next {
+            Err(_) => return Outcome::Timeout,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                return Outcome::Closed
+            }
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => continue,
+        };
+        let Ok(f) = serde_json::from_str::<In>(text.as_str()) else {
+            return Outcome::Failed("bad_frame".into());
+        };
+        let ours = f.conversation_id.as_deref() == Some(turn.conversation);
+        match f.kind.as_ref() {
+            "chat.ack" if f.id.as_deref() == Some(id) => {
+                st.lat("ack").record(t0.elapsed());
+            }
+            "chat.delta" if ours && !first_delta => {
+                first_delta = true;
+                st.lat("first_delta").record(t0.elapsed());
+            }
+            "chat.done" if ours => {
+                st.lat("done").record(t0.elapsed());
+                return Outcome::Done;
+            }
+            "chat.error" if ours || f.id.as_deref() == Some(id) => {
+                let code = f
+                    .error
+                    .and_then(|e| e.code)
+                    .map_or_else(|| "chat_error".into(), Cow::into_owned);
+                return Outcome::Failed(code);
+            }
+            "error" => {
+                let code = f
+                    .error
+                    .and_then(|e| e.code)
+                    .map_or_else(|| "unknown".into(), Cow::into_owned);
+                return Outcome::Failed(format!("protocol_{code}"));
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn worker(
     s: Socket,
     addr: SocketAddr,
@@ -228,53 +293,13 @@ async fn worker(
             break;
         }
         let deadline = tokio::time::Instant::now() + turn_timeout;
-        let mut first_delta = false;
-        let outcome = loop {
-            let next = tokio::select! {
-                m = tokio::time::timeout_at(deadline, ws.next()) => m,
-                _ = bounds.stop.cancelled() => break Outcome::Abandoned,
-            };
-            let text = match next {
-                Err(_) => break Outcome::Timeout,
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-                    break Outcome::Closed
-                }
-                Ok(Some(Ok(Message::Text(t)))) => t,
-                Ok(Some(Ok(_))) => continue,
-            };
-            let Ok(f) = serde_json::from_str::<In>(text.as_str()) else {
-                break Outcome::Failed("bad_frame".into());
-            };
-            let ours = f.conversation_id.as_deref() == Some(s.conversation.as_str());
-            match f.kind.as_ref() {
-                "chat.ack" if f.id.as_deref() == Some(id.as_str()) => {
-                    st.lat("ack").record(t0.elapsed());
-                }
-                "chat.delta" if ours && !first_delta => {
-                    first_delta = true;
-                    st.lat("first_delta").record(t0.elapsed());
-                }
-                "chat.done" if ours => {
-                    st.lat("done").record(t0.elapsed());
-                    break Outcome::Done;
-                }
-                "chat.error" if ours || f.id.as_deref() == Some(id.as_str()) => {
-                    let code = f
-                        .error
-                        .and_then(|e| e.code)
-                        .map_or_else(|| "chat_error".into(), Cow::into_owned);
-                    break Outcome::Failed(code);
-                }
-                "error" => {
-                    let code = f
-                        .error
-                        .and_then(|e| e.code)
-                        .map_or_else(|| "unknown".into(), Cow::into_owned);
-                    break Outcome::Failed(format!("protocol_{code}"));
-                }
-                _ => {}
-            }
+        let turn = Turn {
+            id: &id,
+            conversation: &s.conversation,
+            t0,
+            deadline,
         };
+        let outcome = await_turn(&mut ws, &mut st, &turn, &bounds.stop).await;
         match outcome {
             Outcome::Done => {
                 st.ok += 1;
