@@ -160,25 +160,30 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
         }
     };
     // Bounded: a peer that does not read must not keep this task alive.
-    let goodbye = async {
-        if let Some((code, reason)) = close_code {
-            if code == 1007 {
-                // Say it in the protocol's words too, as every bad frame is answered.
-                let f = protocol_error("invalid_request", "text frames must be UTF-8");
-                let _ = sink.send(text(f.to_bytes())).await;
-            }
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                })))
-                .await;
-        }
-        let _ = sink.close().await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye(&mut sink, close_code)).await;
     state.engine.socket(false);
     state.engine.detach(user.user_id, conn_id);
+}
+
+/// Closes the socket, with `close_code` if there is one.
+async fn goodbye(
+    sink: &mut SplitSink<WebSocket, Message>,
+    close_code: Option<(u16, &'static str)>,
+) {
+    if let Some((code, reason)) = close_code {
+        if code == 1007 {
+            // Say it in the protocol's words too, as every bad frame is answered.
+            let f = protocol_error("invalid_request", "text frames must be UTF-8");
+            let _ = sink.send(text(f.to_bytes())).await;
+        }
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
 }
 
 /// Writes `first` and whatever else is already queued (up to 64 more) with one flush.

@@ -60,15 +60,7 @@ impl ConvState {
         let outcome = self
             .core
             .store
-            .begin_turn(BeginTurn {
-                conversation_id: self.id,
-                user_id,
-                turn_id,
-                node_id: self.core.cfg.node_id.clone(),
-                user_message,
-                reserve: plan.reserve,
-                lock_ms: self.core.cfg.turn_lock.as_millis() as i64,
-            })
+            .begin_turn(self.begin(user_id, turn_id, user_message, plan.reserve))
             .await;
         let (user_message, reservation_id) = match outcome {
             Ok(BeginOutcome::Started {
@@ -136,6 +128,25 @@ impl ConvState {
             },
         );
         Ok(())
+    }
+
+    /// The first transaction of a turn: lock, reservation and the user's message.
+    fn begin(
+        &self,
+        user_id: i64,
+        turn_id: i64,
+        user_message: StoredMessage,
+        reserve: i64,
+    ) -> BeginTurn {
+        BeginTurn {
+            conversation_id: self.id,
+            user_id,
+            turn_id,
+            node_id: self.core.cfg.node_id.clone(),
+            user_message,
+            reserve,
+            lock_ms: self.core.cfg.turn_lock.as_millis() as i64,
+        }
     }
 
     /// Checks that the turn may run (owner, not busy, usable model) and plans it: the context
