@@ -161,24 +161,7 @@ impl Config {
 
     pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let v = Vars(map);
-        let bind_addr = v
-            .string("BIND_ADDR", "127.0.0.1:10089")
-            .parse()
-            .map_err(|_| err("BIND_ADDR", "expected host:port, e.g. 127.0.0.1:10089"))?;
-        let database_url = v.string("DATABASE_URL", "sqlite://data/questech.db");
-        check_url(
-            "DATABASE_URL",
-            &database_url,
-            &["sqlite", "mysql", "mariadb"],
-        )?;
-        let database_read_url = v.opt("DATABASE_READ_URL");
-        if let Some(u) = &database_read_url {
-            check_url("DATABASE_READ_URL", u, &["sqlite", "mysql", "mariadb"])?;
-        }
-        let redis_url = v.opt("REDIS_URL");
-        if let Some(u) = &redis_url {
-            check_url("REDIS_URL", u, &["redis", "rediss", "redis+unix", "unix"])?;
-        }
+        let (bind_addr, database_url, database_read_url, redis_url) = addresses(&v)?;
         let sqlite = is_sqlite(&database_url);
         let service_debug = v.bool("SERVICE_DEBUG", sqlite)?;
         let data_dir = PathBuf::from(v.string("DATA_DIR", "data"));
@@ -253,6 +236,32 @@ impl Config {
     pub fn is_sqlite(&self) -> bool {
         is_sqlite(&self.database_url)
     }
+}
+
+/// Where the node listens and what it connects to.
+#[allow(clippy::type_complexity)]
+fn addresses(
+    v: &Vars,
+) -> Result<(SocketAddr, String, Option<String>, Option<String>), ConfigError> {
+    let bind_addr = v
+        .string("BIND_ADDR", "127.0.0.1:10089")
+        .parse()
+        .map_err(|_| err("BIND_ADDR", "expected host:port, e.g. 127.0.0.1:10089"))?;
+    let database_url = v.string("DATABASE_URL", "sqlite://data/questech.db");
+    check_url(
+        "DATABASE_URL",
+        &database_url,
+        &["sqlite", "mysql", "mariadb"],
+    )?;
+    let database_read_url = v.opt("DATABASE_READ_URL");
+    if let Some(u) = &database_read_url {
+        check_url("DATABASE_READ_URL", u, &["sqlite", "mysql", "mariadb"])?;
+    }
+    let redis_url = v.opt("REDIS_URL");
+    if let Some(u) = &redis_url {
+        check_url("REDIS_URL", u, &["redis", "rediss", "redis+unix", "unix"])?;
+    }
+    Ok((bind_addr, database_url, database_read_url, redis_url))
 }
 
 fn sms_provider(v: &Vars) -> Result<SmsProvider, ConfigError> {

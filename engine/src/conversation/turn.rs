@@ -21,6 +21,18 @@ use crate::tokens;
 
 type AckTx = oneshot::Sender<Result<Ack, EngineError>>;
 
+/// The error of a turn the store refused to begin.
+fn refusal(outcome: BeginOutcome) -> EngineError {
+    match outcome {
+        BeginOutcome::Busy => EngineError::ConversationBusy,
+        BeginOutcome::InsufficientCredits => EngineError::InsufficientCredits,
+        BeginOutcome::NotFound => EngineError::NotFound("conversation not found".into()),
+        BeginOutcome::Started { .. } | BeginOutcome::Duplicate { .. } => {
+            EngineError::Internal("a begun turn taken for a refusal".into())
+        }
+    }
+}
+
 impl ConvState {
     pub(super) async fn on_send(&mut self, myself: &ActorRef<ConvMsg>, send: SendTurn) {
         let user_id = send.user_id;
@@ -67,24 +79,20 @@ impl ConvState {
                 user_message,
                 reservation_id,
             }) => (user_message, reservation_id),
-            Ok(BeginOutcome::Busy) => return Err((EngineError::ConversationBusy, ack)),
-            Ok(BeginOutcome::InsufficientCredits) => {
-                return Err((EngineError::InsufficientCredits, ack))
-            }
-            Ok(BeginOutcome::NotFound) => {
-                return Err((EngineError::NotFound("conversation not found".into()), ack))
-            }
             Ok(BeginOutcome::Duplicate {
                 user_message,
                 assistant_message,
             }) => {
+                // The first turn with this client id answers again; this one never ran.
                 self.core.limits.release(user_id, unlimited).await;
-                let _ = ack.send(Ok(Ack::Duplicate {
+                let first = Ack::Duplicate {
                     user_message,
                     assistant_message,
-                }));
+                };
+                let _ = ack.send(Ok(first));
                 return Ok(());
             }
+            Ok(refused) => return Err((refusal(refused), ack)),
             Err(e) => return Err((e, ack)),
         };
         self.turn_in_flight.store(turn_id, Ordering::Relaxed);

@@ -110,6 +110,14 @@ impl<'a> Rows<'a> {
     }
 
     pub(super) async fn insert(&self, conn: &mut AnyConnection) -> Result<()> {
+        self.insert_reservations(conn).await?;
+        self.insert_messages(conn).await?;
+        self.insert_ledger(conn).await?;
+        self.insert_usage(conn).await?;
+        Ok(())
+    }
+
+    async fn insert_reservations(&self, conn: &mut AnyConnection) -> Result<()> {
         for chunk in self.reservations.chunks(INSERT_CHUNK) {
             let sql = values_sql(
                 "credit_reservations (id, user_id, amount, node_id, ref_id, created_at, expires_at)",
@@ -129,6 +137,10 @@ impl<'a> Rows<'a> {
             }
             q.execute(&mut *conn).await?;
         }
+        Ok(())
+    }
+
+    async fn insert_messages(&self, conn: &mut AnyConnection) -> Result<()> {
         for chunk in self.messages.chunks(INSERT_CHUNK) {
             let sql = values_sql(
                 &format!("messages ({})", super::super::chat::MSG_COLS),
@@ -153,6 +165,10 @@ impl<'a> Rows<'a> {
             }
             q.execute(&mut *conn).await?;
         }
+        Ok(())
+    }
+
+    async fn insert_ledger(&self, conn: &mut AnyConnection) -> Result<()> {
         for chunk in self.ledger.chunks(INSERT_CHUNK) {
             let sql = values_sql(
                 "credit_ledger (id, user_id, delta, balance_after, reason, ref_id, created_at)",
@@ -172,6 +188,10 @@ impl<'a> Rows<'a> {
             }
             q.execute(&mut *conn).await?;
         }
+        Ok(())
+    }
+
+    async fn insert_usage(&self, conn: &mut AnyConnection) -> Result<()> {
         for chunk in self.usage.chunks(INSERT_CHUNK) {
             let sql = values_sql(
                 "usage_logs (id, user_id, kind, model, api_key_id, prompt_tokens, completion_tokens, credits, latency_ms, status, created_at)",
@@ -204,7 +224,7 @@ mod tests {
     use super::values_sql;
 
     #[test]
-    pub(super) fn values_sql_has_one_placeholder_per_value() {
+    fn values_sql_has_one_placeholder_per_value() {
         assert_eq!(
             values_sql("t (a, b)", 2, 3),
             "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?)"
