@@ -83,6 +83,7 @@ fn table(code: &str) -> (StatusCode, &'static str) {
         "rate_limited" => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
         "upstream_error" => (StatusCode::BAD_GATEWAY, "upstream_error"),
         "overloaded" => (StatusCode::SERVICE_UNAVAILABLE, "upstream_error"),
+        "unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
         "upstream_timeout" => (StatusCode::GATEWAY_TIMEOUT, "upstream_error"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     }
@@ -205,19 +206,41 @@ impl IntoResponse for Error {
     }
 }
 
+/// Seconds a client is asked to wait when the database or the cache does not answer.
+pub const OUTAGE_RETRY_AFTER: u64 = 2;
+
+impl Error {
+    /// 503 `unavailable` with `Retry-After`: a store this request needs does not answer.
+    pub fn unavailable(what: &str, e: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(store = what, error = %e, "a store does not answer");
+        Error::Engine(EngineError::Unavailable {
+            retry_after: OUTAGE_RETRY_AFTER,
+        })
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e {
-            if db.is_unique_violation() {
-                return Error::Conflict("already exists".into());
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Error::Conflict("already exists".into())
             }
+            // No connection to be had (or it broke): an outage, not a bug of this request.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Error::unavailable("database", &e),
+            _ => Error::Internal(e.into()),
         }
-        Error::Internal(e.into())
     }
 }
 
 impl From<crate::cache::CacheError> for Error {
     fn from(e: crate::cache::CacheError) -> Self {
+        if e.is_unreachable() {
+            return Error::unavailable("cache", &e);
+        }
         Error::Internal(e.into())
     }
 }

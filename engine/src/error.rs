@@ -22,6 +22,9 @@ pub enum EngineError {
     UpstreamTimeout,
     #[error("internal error")]
     Internal(String),
+    /// The database or the cache does not answer (an outage, not a bug): retry shortly.
+    #[error("a service this request needs is unavailable, retry after {retry_after} s")]
+    Unavailable { retry_after: u64 },
 }
 
 impl EngineError {
@@ -37,14 +40,15 @@ impl EngineError {
             EngineError::UpstreamError(_) => "upstream_error",
             EngineError::UpstreamTimeout => "upstream_timeout",
             EngineError::Internal(_) => "internal_error",
+            EngineError::Unavailable { .. } => "unavailable",
         }
     }
 
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            EngineError::RateLimited { retry_after } | EngineError::Overloaded { retry_after } => {
-                Some(*retry_after)
-            }
+            EngineError::RateLimited { retry_after }
+            | EngineError::Overloaded { retry_after }
+            | EngineError::Unavailable { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

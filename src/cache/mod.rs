@@ -17,6 +17,20 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
 }
 
+impl CacheError {
+    /// Redis does not answer (refused, dropped, timed out), as opposed to a wrong command.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            CacheError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+            }
+        }
+    }
+}
+
 pub type CacheResult<T> = Result<T, CacheError>;
 
 /// The cache interface. An enum rather than a trait object: two known backends, no boxing of

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+/// How long a request waits for a database connection before it is answered 503 `unavailable`
+/// (an outage should reach clients quickly, with `Retry-After`, not as a hang).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
@@ -126,7 +130,7 @@ impl Db {
 
 async fn pool(url: &str, dialect: Dialect) -> anyhow::Result<AnyPool> {
     let mut url = url.to_owned();
-    let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+    let mut opts = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
     match dialect {
         Dialect::Sqlite => {
             // Create the file (and its folder) on first start: `cargo run` needs no setup.

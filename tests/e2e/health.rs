@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::common::*;
 
@@ -44,6 +44,11 @@ both!(health_is_healthy, |app| async move {
 /// error shape (no hang) during the outage and work again afterwards.
 async fn outage(app: &TestApp, proxy: &Proxy, down: &str, up: &str) {
     let u = app.register(&uname("outage")).await;
+    let (st, _, conv) = app
+        .post("/chat/conversations", Some(&u.access), Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{conv}");
+    let conv = conv["id"].as_str().expect("conversation id").to_owned();
     app.wait_health(StatusCode::OK, Duration::from_secs(10))
         .await;
 
@@ -65,20 +70,33 @@ async fn outage(app: &TestApp, proxy: &Proxy, down: &str, up: &str) {
         t.elapsed()
     );
 
-    // Requests that need the missing service fail in the error shape, without hanging.
+    // Requests that need the missing service are answered 503 `unavailable` with `Retry-After`
+    // (an outage, so clients back off), without hanging.
     let t = Instant::now();
-    let (s, _, b) = app.get("/user/me", Some(&u.access)).await;
-    assert!(
-        t.elapsed() < Duration::from_secs(15),
-        "/user/me took {:?}",
-        t.elapsed()
-    );
+    let (s, h, b) = app.get("/user/me", Some(&u.access)).await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(15), "/user/me took {took:?}");
+    if down == "database" {
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+        assert!(took < Duration::from_secs(4), "503 after {took:?}");
+    }
     if s != StatusCode::OK {
-        assert!(s.is_server_error(), "{s} {b}");
-        assert!(
-            b["error"]["code"].is_string(),
-            "error shape during an outage: {b}"
-        );
+        assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+        assert_eq!(b["error"]["type"], "server_error", "{b}");
+        let wait = h.get("retry-after").and_then(|v| v.to_str().ok());
+        assert_eq!(wait, Some("2"), "Retry-After during an outage");
+    }
+    if down == "database" {
+        // A chat turn cannot be stored: refused the same way, and nothing is charged.
+        let (s, h, b) = app
+            .post(
+                &format!("/chat/conversations/{conv}/messages"),
+                Some(&u.access),
+                Some(json!({"content": "hello during the outage"})),
+            )
+            .await;
+        assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+        assert!(h.get("retry-after").is_some(), "{h:?}");
     }
 
     proxy.resume();
