@@ -182,6 +182,7 @@ fn auth(c: &mut Criterion) {
             conn: Connection {
                 tx,
                 close: CancellationToken::new(),
+                session_id: 1,
             },
         },
     ))

@@ -278,18 +278,25 @@ impl Engine {
         }
     }
 
-    /// Closes every socket of the user on this node (account disabled).
-    pub fn kick_local(&self, user_id: i64) {
+    /// Closes the user's sockets on this node: those of `session`, or all of them.
+    pub fn kick_local(&self, user_id: i64, session: Option<i64>) {
         if let Some(e) = self.registry.user(user_id) {
-            let _ = e.send(UserMsg::Kick);
+            let _ = e.send(UserMsg::Kick { session });
         }
     }
 
-    /// Closes every socket of the user, on this node and every other (account disabled,
-    /// signed out).
+    /// Closes every socket of the user, on this node and every other (account disabled, role
+    /// changed).
     pub fn kick(&self, user_id: i64) {
-        self.kick_local(user_id);
-        self.fanout.kick(user_id);
+        self.kick_local(user_id, None);
+        self.fanout.kick(user_id, None);
+    }
+
+    /// Closes the sockets opened with one login session, on this node and every other (signed
+    /// out, its refresh token reused, revoked by a password change).
+    pub fn kick_session(&self, user_id: i64, session_id: i64) {
+        self.kick_local(user_id, Some(session_id));
+        self.fanout.kick(user_id, Some(session_id));
     }
 
     /// Cancels the user's turn in a conversation, wherever it runs.

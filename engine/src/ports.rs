@@ -175,8 +175,8 @@ pub trait Fanout: Send + Sync + 'static {
     fn publish(&self, user_id: i64, frame: Bytes);
     /// Cancels the user's turn in a conversation on whichever node runs it.
     fn cancel(&self, user_id: i64, conversation_id: i64);
-    /// Closes the user's sockets on the other nodes.
-    fn kick(&self, user_id: i64);
+    /// Closes the user's sockets on the other nodes: those of one session, or all.
+    fn kick(&self, user_id: i64, session: Option<i64>);
 }
 
 /// Single-node fan-out: nothing to do.
@@ -185,5 +185,5 @@ pub struct LocalOnly;
 impl Fanout for LocalOnly {
     fn publish(&self, _user_id: i64, _frame: Bytes) {}
     fn cancel(&self, _user_id: i64, _conversation_id: i64) {}
-    fn kick(&self, _user_id: i64) {}
+    fn kick(&self, _user_id: i64, _session: Option<i64>) {}
 }

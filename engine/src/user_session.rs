@@ -18,8 +18,10 @@ use crate::engine::{Core, Engine};
 /// One live connection of the user: where its frames go and how to close it.
 pub struct Connection {
     pub tx: mpsc::Sender<Bytes>,
-    /// Cancelled to close the socket (slow client, account disabled).
+    /// Cancelled to close the socket (slow client, account disabled, session signed out).
     pub close: CancellationToken,
+    /// The login session the socket authenticated with.
+    pub session_id: i64,
 }
 
 pub enum UserMsg {
@@ -37,8 +39,10 @@ pub enum UserMsg {
         conversation_id: i64,
         send: Box<SendTurn>,
     },
-    /// Close every connection (account disabled).
-    Kick,
+    /// Close the connections of one session (signed out), or every one (account disabled).
+    Kick {
+        session: Option<i64>,
+    },
     Tick,
 }
 
@@ -137,10 +141,14 @@ impl Actor for UserSession {
                     tracing::warn!(conversation_id, error = %e, "could not route turn");
                 }
             }
-            UserMsg::Kick => {
-                for (_, c) in state.conns.drain() {
-                    c.close.cancel();
-                }
+            UserMsg::Kick { session } => {
+                state.conns.retain(|_, c| {
+                    let hit = session.is_none_or(|s| s == c.session_id);
+                    if hit {
+                        c.close.cancel();
+                    }
+                    !hit
+                });
             }
             UserMsg::Tick => {
                 state.conns.retain(|_, c| !c.tx.is_closed());

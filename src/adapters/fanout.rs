@@ -40,8 +40,9 @@ impl Fanout for RedisFanout {
         self.enqueue(format!("C|{}|{}|{}", self.node, user_id, conversation_id).into_bytes());
     }
 
-    fn kick(&self, user_id: i64) {
-        self.enqueue(format!("K|{}|{}|", self.node, user_id).into_bytes());
+    fn kick(&self, user_id: i64, session: Option<i64>) {
+        let session = session.map(|s| s.to_string()).unwrap_or_default();
+        self.enqueue(format!("K|{}|{}|{}", self.node, user_id, session).into_bytes());
     }
 }
 
@@ -138,7 +139,13 @@ impl RedisFanout {
         };
         match kind {
             b"E" => engine.deliver_local(user_id, Bytes::copy_from_slice(rest)),
-            b"K" => engine.kick_local(user_id),
+            b"K" => {
+                // An empty rest closes every socket of the user; a session id, that session's.
+                let session = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                engine.kick_local(user_id, session);
+            }
             b"C" => {
                 // A device on another node cancelled a turn that may be running here.
                 if let Some(conv) = std::str::from_utf8(rest)

@@ -138,7 +138,7 @@ async fn check_session_db(state: &AppState, user_id: i64, sid: i64) -> Result<()
 
 /// Marks sessions revoked in the database and the cache, so their access tokens fail on their
 /// very next request on any node.
-pub async fn revoke_sessions(state: &AppState, sids: &[i64]) -> Result<()> {
+pub async fn revoke_sessions(state: &AppState, user_id: i64, sids: &[i64]) -> Result<()> {
     for sid in sids {
         storage::sessions::revoke(&state.db, *sid).await?;
         state
@@ -149,6 +149,8 @@ pub async fn revoke_sessions(state: &AppState, sids: &[i64]) -> Result<()> {
                 Some(state.config.jwt_access_ttl),
             )
             .await?;
+        // Its sockets close too, on every node: a signed-out device stops receiving.
+        state.engine.kick_session(user_id, *sid);
     }
     Ok(())
 }

@@ -102,7 +102,7 @@ async fn patch_user(
 /// on any node) and closes their sockets on this node and, through Redis, on every other.
 async fn sign_out_everywhere(state: &AppState, user_id: i64) -> Result<()> {
     let sids = sessions::revoke_all(&state.db, user_id).await?;
-    auth::revoke_sessions(state, &sids).await?;
+    auth::revoke_sessions(state, user_id, &sids).await?;
     // API keys stay valid but their cached look-ups (owner, role, disabled) are dropped, so a
     // disabled owner's keys are refused on the very next request.
     crate::auth::api_keys::forget_user_keys(state, user_id).await?;

@@ -238,9 +238,12 @@ async fn refresh(
                 },
             }))
         }
-        sessions::Rotation::Reused { session_id, .. } => {
+        sessions::Rotation::Reused {
+            session_id,
+            user_id,
+        } => {
             tracing::warn!(session_id, "refresh token reuse: session revoked");
-            auth::revoke_sessions(&state, &[session_id]).await?;
+            auth::revoke_sessions(&state, user_id, &[session_id]).await?;
             Err(Error::Unauthorized(
                 "refresh token reused; session revoked".into(),
             ))
@@ -251,7 +254,7 @@ async fn refresh(
 
 #[utoipa::path(post, path = "/logout", tag = "user", responses((status = 204, description = "success"), (status = "4XX", description = "error", body = crate::error::ApiError)))]
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
-    auth::revoke_sessions(&state, &[user.session_id]).await?;
+    auth::revoke_sessions(&state, user.user_id, &[user.session_id]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -319,7 +322,7 @@ async fn patch_me(
     if password_changed {
         // Other devices must log in again with the new password; this one stays signed in.
         let others = sessions::live_others(&state.db, row.id, user.session_id).await?;
-        auth::revoke_sessions(&state, &others).await?;
+        auth::revoke_sessions(&state, user.user_id, &others).await?;
     }
     let row = load_user(&state, &user).await?;
     Ok(Json(user_view(&state, &row)))

@@ -93,6 +93,7 @@ async fn run(state: AppState, user: AuthUser, credits: i64, socket: WebSocket) {
         conn: Connection {
             tx,
             close: close.clone(),
+            session_id: user.session_id,
         },
     };
     // `hello` is queued before the connection is attached, so that it is the first frame even

@@ -358,3 +358,75 @@ both!(grant_rules, |app| async move {
         .unwrap();
     assert_eq!((credits, sum), (105, 105));
 });
+
+/// A pong arrives on a socket that is still open.
+async fn still_open(ws: &mut Socket) {
+    ws.send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("send ping");
+    loop {
+        let f = next_text(ws).await;
+        if f["type"] == "pong" {
+            return;
+        }
+    }
+}
+
+both!(logout_closes_that_sessions_sockets, |app| async move {
+    let u = app.register(&uname("lo")).await;
+    let other = app.login(&u.username, PASSWORD).await;
+    let mut signed_out = open_ws(&app, &u.access).await;
+    let mut kept = open_ws(&app, &other.access).await;
+    let (s, _, b) = app.post("/user/logout", Some(&u.access), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    assert_eq!(
+        read_until_closed(&mut signed_out).await,
+        Some(CloseCode::Policy)
+    );
+    still_open(&mut kept).await;
+});
+
+mysql_only!(
+    logout_and_refresh_reuse_close_sockets_on_every_node,
+    |app| async move {
+        let node_b = app.spawn_node(&[]).await;
+        let u = app.register(&uname("lo")).await;
+        let other = app.login(&u.username, PASSWORD).await;
+        let mut on_a = open_ws(&app, &u.access).await;
+        let mut on_b = open_ws(&node_b, &u.access).await;
+        let mut kept_b = open_ws(&node_b, &other.access).await;
+        // Signing out on node A closes that session's sockets on node B too; the other session's stay.
+        let (s, _, b) = app.post("/user/logout", Some(&u.access), None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+        assert_eq!(read_until_closed(&mut on_a).await, Some(CloseCode::Policy));
+        assert_eq!(
+            read_until_closed(&mut on_b).await,
+            Some(CloseCode::Policy),
+            "the signed-out session's socket on the other node is closed too"
+        );
+        still_open(&mut kept_b).await;
+
+        // A reused refresh token revokes its session: its sockets close on every node.
+        let (s, _, b) = app
+            .post(
+                "/user/token/refresh",
+                None,
+                Some(json!({"refresh_token": other.refresh})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, _, b) = node_b
+            .post(
+                "/user/token/refresh",
+                None,
+                Some(json!({"refresh_token": other.refresh})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+        assert_eq!(
+            read_until_closed(&mut kept_b).await,
+            Some(CloseCode::Policy),
+            "refresh-token reuse closes the session's sockets"
+        );
+    }
+);
