@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::events::{Credits, ErrorBody, Frame, MsgUsage, StoredMessage};
 use crate::llm::{ChatMessage, ChatRequest};
-use crate::meter::{bill, retry_once, Collector, End, Plan, TurnStatus};
+use crate::meter::{bill, retry_once, Bill, Collector, End, Plan, TurnStatus};
 use crate::pool::JobEvent;
 use crate::ports::{BeginOutcome, BeginTurn, FinishTurn};
 use crate::tokens;
@@ -110,10 +110,11 @@ impl ConvState {
                 message: user_message.clone(),
             },
         );
-        let _ = ack.send(Ok(Ack::Started {
+        let started = Ack::Started {
             user_message,
             assistant_id,
-        }));
+        };
+        let _ = ack.send(Ok(started));
         let cancel = CancellationToken::new();
         self.launch(
             myself,
@@ -267,32 +268,7 @@ impl ConvState {
         let out = &turn.collector.outcome;
         // Every device showed the deltas as they came: partial output reached the user.
         let bill = bill(&turn.plan, out, true).await;
-        let assistant = StoredMessage {
-            id: turn.assistant_id,
-            conversation_id: self.id,
-            seq: 0,
-            role: "assistant".into(),
-            content: out.text.clone(),
-            status: bill.status.message_status().into(),
-            model: bill.model.id.clone(),
-            usage: MsgUsage {
-                prompt_tokens: bill.prompt_tokens as i64,
-                completion_tokens: bill.completion_tokens as i64,
-            },
-            credits_charged: 0,
-            client_msg_id: None,
-            created_at: chrono::Utc::now().timestamp_millis(),
-        };
-        let finish = FinishTurn {
-            conversation_id: self.id,
-            user_id: turn.user_id,
-            turn_id: turn.id,
-            reservation_id: turn.reservation_id,
-            reserved: turn.plan.reserve,
-            assistant,
-            charge: bill.charge,
-            latency_ms: turn.started.elapsed().as_millis() as i64,
-        };
+        let finish = self.finish_record(&turn, &bill);
         let result = retry_once("storing the end of a turn", || {
             core.store.finish_turn(finish.clone())
         })
@@ -338,6 +314,37 @@ impl ConvState {
         tell(&engine, turn.updates.as_ref(), user, end);
         if let Some(d) = done {
             engine.charged(user, d.charged, d.balance, "chat");
+        }
+    }
+
+    /// The second transaction of a turn: the assistant message and the charge of its bill.
+    fn finish_record(&self, turn: &Turn, bill: &Bill) -> FinishTurn {
+        let out = &turn.collector.outcome;
+        let assistant = StoredMessage {
+            id: turn.assistant_id,
+            conversation_id: self.id,
+            seq: 0,
+            role: "assistant".into(),
+            content: out.text.clone(),
+            status: bill.status.message_status().into(),
+            model: bill.model.id.clone(),
+            usage: MsgUsage {
+                prompt_tokens: bill.prompt_tokens as i64,
+                completion_tokens: bill.completion_tokens as i64,
+            },
+            credits_charged: 0,
+            client_msg_id: None,
+            created_at: chrono::Utc::now().timestamp_millis(),
+        };
+        FinishTurn {
+            conversation_id: self.id,
+            user_id: turn.user_id,
+            turn_id: turn.id,
+            reservation_id: turn.reservation_id,
+            reserved: turn.plan.reserve,
+            assistant,
+            charge: bill.charge,
+            latency_ms: turn.started.elapsed().as_millis() as i64,
         }
     }
 
