@@ -22,7 +22,8 @@ fn schemathesis() -> Option<PathBuf> {
 }
 
 /// Runs schemathesis against the document with `token`; returns (success, output).
-async fn run(exe: PathBuf, base: String, token: String, args: &[&str]) -> (bool, String) {
+async fn run(exe: PathBuf, app: &TestApp, token: String, args: &[&str]) -> (bool, String) {
+    let base = app.base.clone();
     let config =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/schemathesis.toml");
     let mut cmd = Command::new(exe);
@@ -41,6 +42,8 @@ async fn run(exe: PathBuf, base: String, token: String, args: &[&str]) -> (bool,
         .args(["--workers", "2", "--request-timeout", "30"])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(args)
+        // Its cache of crashes goes to the working folder: the test's own, not the checkout.
+        .current_dir(&app.data_dir)
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .env("NO_COLOR", "1");
     let out = tokio::task::spawn_blocking(move || cmd.output())
@@ -114,7 +117,7 @@ async fn the_document_is_what_the_server_does() {
     // Every operation but logout, which would end the run's own session...
     let (ok, out) = run(
         exe.clone(),
-        app.base.clone(),
+        &app,
         admin.access.clone(),
         &["--max-examples", "30", "--exclude-path", "/user/logout"],
     )
@@ -135,7 +138,7 @@ async fn the_document_is_what_the_server_does() {
     let other = app.login(&name, PASSWORD).await;
     let (ok, out) = run(
         exe,
-        app.base.clone(),
+        &app,
         other.access,
         &["--max-examples", "10", "--include-path", "/user/logout"],
     )
