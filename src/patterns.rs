@@ -1,9 +1,9 @@
 //! Patterns that `/openapi.json` states and the server checks with the same text, so the document
 //! and the server cannot disagree about what a field accepts.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use dashmap::DashMap;
 use regex::Regex;
 
 /// The patterns. Each is written
@@ -37,21 +37,40 @@ pub mod pattern {
     ];
 }
 
-/// `v` matches `pattern` (one of [`pattern`]).
+/// `v` matches `pattern` (one of [`pattern::ALL`]; the unit test below proves each compiles).
 pub fn matches(pattern: &'static str, v: &str) -> bool {
-    static COMPILED: LazyLock<DashMap<&'static str, Regex>> = LazyLock::new(DashMap::new);
-    if let Some(re) = COMPILED.get(pattern) {
-        return re.is_match(v);
-    }
-    match Regex::new(pattern) {
-        Ok(re) => {
-            let ok = re.is_match(v);
-            COMPILED.insert(pattern, re);
-            ok
+    static COMPILED: LazyLock<HashMap<&'static str, Regex>> = LazyLock::new(|| {
+        pattern::ALL
+            .iter()
+            .filter_map(|p| Regex::new(p).ok().map(|re| (*p, re)))
+            .collect()
+    });
+    COMPILED.get(pattern).is_some_and(|re| re.is_match(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{matches, pattern};
+
+    #[test]
+    fn every_pattern_compiles_and_reads_as_documented() {
+        for p in pattern::ALL {
+            assert!(regex::Regex::new(p).is_ok(), "{p}");
         }
-        Err(e) => {
-            tracing::error!(pattern, error = %e, "a request pattern does not compile");
-            false
-        }
+        assert!(matches(pattern::LABEL, "  a name "));
+        assert!(!matches(pattern::LABEL, "   "));
+        assert!(!matches(pattern::LABEL, "a\nb"));
+        assert!(matches(pattern::LINE, ""));
+        assert!(matches(pattern::NOT_BLANK, "\n x"));
+        assert!(!matches(pattern::NOT_BLANK, " \t\u{3000}"));
+        assert!(matches(pattern::URL, "https://cdn.example.com/a.png"));
+        assert!(matches(pattern::URL, "/static/a.png"));
+        assert!(!matches(pattern::URL, "/static/../x"));
+        assert!(!matches(pattern::URL, "javascript:alert(1)"));
+        assert!(matches(pattern::PHONE, "138-1234-5678"));
+        assert!(matches(pattern::PHONE, "+44 7700 900123"));
+        assert!(!matches(pattern::PHONE, "+0123456789"));
+        assert!(matches(pattern::MODEL_ID, "gpt-4o:mini/v1"));
+        assert!(!matches(pattern::USERNAME, "ab"));
     }
 }
