@@ -565,6 +565,52 @@ mod two_nodes {
         }
     );
 
+    // Turns of one conversation arriving through alternating nodes: each node's model sees
+    // every stored turn, exactly what one node alone would send (issue 13: node A used to send
+    // the history it had cached at its first turn).
+    mysql_only!(context_is_fresh_across_nodes, |app| async move {
+        let node_b = app.spawn_node(&[]).await;
+        let name = uname("fresh");
+        let u = app.register(&name).await;
+        let on_b = node_b.login(&name, PASSWORD).await;
+        let mixed = conv_id(&app, &u.access, "echo").await;
+        let alone = conv_id(&app, &u.access, "echo").await;
+        let script = [
+            "first words",
+            "second, longer words here",
+            "third",
+            "fourth turn",
+            "five",
+        ];
+        let route = [0, 1, 0, 1, 0];
+        let mut prompts = (Vec::new(), Vec::new());
+        for (i, text) in script.iter().enumerate() {
+            let (node, token) = if route[i] == 0 {
+                (&app, &u.access)
+            } else {
+                (&node_b, &on_b.access)
+            };
+            let (s, r) = say(node, token, &mixed, text).await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+            prompts
+                .0
+                .push(r["assistant_message"]["usage"]["prompt_tokens"].clone());
+            let (s, r) = say(&app, &u.access, &alone, text).await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+            prompts
+                .1
+                .push(r["assistant_message"]["usage"]["prompt_tokens"].clone());
+        }
+        assert_eq!(
+            prompts.0, prompts.1,
+            "prompt tokens per turn, mixed nodes vs one node"
+        );
+        let msgs = all_messages(&app, &u.access, &mixed).await;
+        assert_gap_free(&msgs);
+        assert_eq!(msgs.len(), 10);
+        assert_credit_invariants(&app, u.uid()).await;
+    });
+
     mysql_only!(socket_on_b_sees_turn_on_a, |app| async move {
         let node_b = app.spawn_node(&[]).await;
         let name = uname("nodes");

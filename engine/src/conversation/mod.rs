@@ -102,6 +102,10 @@ struct Loaded {
     system_prompt: Option<String>,
     /// Recent complete turns, oldest first, each with its token count.
     history: VecDeque<(ChatMessage, u64)>,
+    /// The seq of the newest stored message this cache knows. Another node may store turns
+    /// of the same conversation: a turn whose message is not `last_seq + 1` finds the cache
+    /// behind and reloads it (SPEC §13).
+    last_seq: i64,
 }
 
 /// The turn in flight.
@@ -241,37 +245,38 @@ impl ConvState {
 
     async fn ensure_loaded(&mut self) -> Result<&mut Loaded, EngineError> {
         if self.loaded.is_none() {
-            let snap = self
-                .core
-                .store
-                .load_conversation(self.id)
-                .await?
-                .ok_or_else(|| EngineError::NotFound("conversation not found".into()))?;
-            self.owner.store(snap.user_id, Ordering::Relaxed);
-            let history = snap
-                .history
-                .into_iter()
-                .filter(|m| !m.content.is_empty())
-                .map(|m| {
-                    let t = tokens::count(&m.content) + 4;
-                    (
-                        ChatMessage {
-                            role: m.role.into(),
-                            content: m.content.into(),
-                        },
-                        t,
-                    )
-                })
-                .collect();
-            self.loaded = Some(Loaded {
-                user_id: snap.user_id,
-                model: snap.model,
-                system_prompt: snap.system_prompt,
-                history,
-            });
+            let loaded = self.load(i64::MAX).await?;
+            self.owner.store(loaded.user_id, Ordering::Relaxed);
+            self.loaded = Some(loaded);
         }
         self.loaded
             .as_mut()
             .ok_or_else(|| EngineError::Internal("conversation state missing".into()))
+    }
+
+    /// The conversation as stored, with the messages before `before_seq` as history.
+    async fn load(&self, before_seq: i64) -> Result<Loaded, EngineError> {
+        let snap = self
+            .core
+            .store
+            .load_conversation(self.id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound("conversation not found".into()))?;
+        let history = snap
+            .history
+            .into_iter()
+            .filter(|m| m.seq < before_seq && !m.content.is_empty())
+            .map(|m| {
+                let t = tokens::count(&m.content) + 4;
+                (ChatMessage::new(&m.role, &m.content), t)
+            })
+            .collect();
+        Ok(Loaded {
+            user_id: snap.user_id,
+            model: snap.model,
+            system_prompt: snap.system_prompt,
+            history,
+            last_seq: snap.last_seq.min(before_seq - 1),
+        })
     }
 }

@@ -95,6 +95,8 @@ impl ConvState {
             Ok(refused) => return Err((refusal(refused), ack)),
             Err(e) => return Err((e, ack)),
         };
+        let mut plan = plan;
+        self.catch_up(&mut plan, user_message.seq, &content).await;
         self.turn_in_flight.store(turn_id, Ordering::Relaxed);
         self.core
             .metrics
@@ -137,6 +139,47 @@ impl ConvState {
             },
         );
         Ok(())
+    }
+
+    /// Makes the turn's context every stored turn's: when the new message is not the one
+    /// after the newest this cache knows, another node stored turns since; the history is
+    /// reloaded (without the new message) and the context rebuilt in the same window. The
+    /// reservation stays as planned: the charge never exceeds what the user can pay.
+    async fn catch_up(&mut self, plan: &mut Plan, user_seq: i64, content: &str) {
+        let behind = self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.last_seq + 1 != user_seq);
+        if behind {
+            match self.load(user_seq).await {
+                Ok(fresh) => {
+                    tracing::debug!(conversation_id = self.id, "context was behind; reloaded");
+                    if let Some(model) = plan.primary() {
+                        let budget = model
+                            .context_window
+                            .saturating_sub(model.max_output_tokens)
+                            .max(1);
+                        let (messages, prompt) = build_context(
+                            &fresh.history,
+                            fresh.system_prompt.as_deref(),
+                            content,
+                            budget,
+                        );
+                        for r in &mut plan.routes {
+                            r.request.messages = messages.clone();
+                        }
+                        plan.prompt_local = prompt;
+                    }
+                    self.loaded = Some(fresh);
+                }
+                Err(e) => {
+                    tracing::warn!(conversation_id = self.id, error = %e, "could not reload a context that was behind");
+                }
+            }
+        }
+        if let Some(l) = self.loaded.as_mut() {
+            l.last_seq = user_seq;
+        }
     }
 
     /// The first transaction of a turn: lock, reservation and the user's message.
@@ -292,8 +335,8 @@ impl ConvState {
                 (None, Some(err))
             }
         };
-        if done.is_some() {
-            self.remember(&turn, bill.completion_tokens);
+        if let Some(d) = &done {
+            self.remember(&turn, bill.completion_tokens, d.assistant.seq);
         }
         let end = match (&done, error) {
             (Some(done), None) => Frame::Done {
@@ -349,10 +392,11 @@ impl ConvState {
     }
 
     /// The turn, stored, becomes context for the next one.
-    fn remember(&mut self, turn: &Turn, completion_tokens: u64) {
+    fn remember(&mut self, turn: &Turn, completion_tokens: u64, assistant_seq: i64) {
         let Some(l) = self.loaded.as_mut() else {
             return;
         };
+        l.last_seq = assistant_seq;
         let text = &turn.collector.outcome.text;
         l.history.push_back((
             ChatMessage {
