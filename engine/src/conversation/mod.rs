@@ -25,6 +25,7 @@ use crate::events::{Frame, StoredMessage};
 use crate::llm::ChatMessage;
 use crate::meter::{Collector, Plan};
 use crate::pool::JobEvent;
+use crate::ports::ModelInfo;
 use crate::tokens;
 
 mod context;
@@ -106,6 +107,23 @@ struct Loaded {
     /// of the same conversation: a turn whose message is not `last_seq + 1` finds the cache
     /// behind and reloads it (SPEC §13).
     last_seq: i64,
+}
+
+impl Loaded {
+    /// A turn's context for `model`: the system prompt, then the newest turns that fit the
+    /// model's window less its output, then the new message; and its prompt token count.
+    fn context(&self, model: &ModelInfo, content: &str) -> (Vec<ChatMessage>, u64) {
+        let budget = model
+            .context_window
+            .saturating_sub(model.max_output_tokens)
+            .max(1);
+        build_context(
+            &self.history,
+            self.system_prompt.as_deref(),
+            content,
+            budget,
+        )
+    }
 }
 
 /// The turn in flight.

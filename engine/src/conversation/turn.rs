@@ -9,7 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{build_context, Ack, ConvMsg, ConvState, SendTurn, Turn, HISTORY_KEEP};
+use super::{Ack, ConvMsg, ConvState, SendTurn, Turn, HISTORY_KEEP};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::events::{Credits, ErrorBody, Frame, MsgUsage, StoredMessage};
@@ -155,16 +155,7 @@ impl ConvState {
                 Ok(fresh) => {
                     tracing::debug!(conversation_id = self.id, "context was behind; reloaded");
                     if let Some(model) = plan.primary() {
-                        let budget = model
-                            .context_window
-                            .saturating_sub(model.max_output_tokens)
-                            .max(1);
-                        let (messages, prompt) = build_context(
-                            &fresh.history,
-                            fresh.system_prompt.as_deref(),
-                            content,
-                            budget,
-                        );
+                        let (messages, prompt) = fresh.context(model, content);
                         for r in &mut plan.routes {
                             r.request.messages = messages.clone();
                         }
@@ -224,17 +215,7 @@ impl ConvState {
         }
         let model_id = model.unwrap_or_else(|| loaded.model.clone());
         let model = engine.usable_model(&model_id).await?;
-        // Context: system prompt, then the newest turns that fit, then the new message.
-        let budget = model
-            .context_window
-            .saturating_sub(model.max_output_tokens)
-            .max(1);
-        let (messages, prompt_tokens) = build_context(
-            &loaded.history,
-            loaded.system_prompt.as_deref(),
-            content,
-            budget,
-        );
+        let (messages, prompt_tokens) = loaded.context(&model, content);
         let request = ChatRequest {
             messages,
             max_tokens: Some(model.max_output_tokens),
