@@ -30,10 +30,14 @@ pub mod pattern {
     pub const SMS_CODE: &str = r"^[0-9]{6}$";
     /// A model id.
     pub const MODEL_ID: &str = r"^[A-Za-z0-9_.:/-]{1,64}$";
+    /// An image given to a model: an https URL or a base64 `data:image/…` URL.
+    pub const IMAGE_URL: &str = r"^(https://[^\x00-\x20\x7f-\xa0/?#]+([/?#][^\x00-\x20\x7f-\xa0]*)?|data:image/[a-z0-9.+-]+;base64,[A-Za-z0-9+/=]*)$";
+    /// A function (tool) or JSON schema name.
+    pub const TOOL_NAME: &str = r"^[A-Za-z0-9_-]{1,64}$";
 
     /// Every pattern above.
     pub const ALL: &[&str] = &[
-        LABEL, LINE, NOT_BLANK, URL, USERNAME, PHONE, SMS_CODE, MODEL_ID,
+        LABEL, LINE, NOT_BLANK, URL, USERNAME, PHONE, SMS_CODE, MODEL_ID, TOOL_NAME, IMAGE_URL,
     ];
 }
 

@@ -38,11 +38,90 @@ pub struct Usage {
 #[derive(Clone, Debug, Default)]
 pub struct ChatRequest {
     pub model: String,
+    /// The context as text: what is counted, stored and (without `wire.messages`) sent.
     pub messages: Vec<ChatMessage>,
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub stop: Vec<String>,
+    /// What the OpenAI wire carries beyond text, when the request has any.
+    pub wire: Option<Arc<WireExtras>>,
+    /// What a model must be able to do to answer it (fallbacks that cannot are skipped).
+    pub needs: Caps,
+}
+
+/// The parts of an OpenAI-compatible request the engine does not interpret, only forwards.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WireExtras {
+    /// The messages as sent upstream when they hold more than a role and text (image parts,
+    /// assistant `tool_calls`, `tool` results); same order and meaning as `messages`.
+    pub messages: Option<Vec<serde_json::Value>>,
+    /// Other request fields, forwarded as given (`tools`, `tool_choice`, `response_format`,
+    /// `seed`, penalties, `logit_bias`, `logprobs`, `user`, `metadata`, ...).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a model can do beyond text (admin-set, SPEC §6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caps {
+    /// Reads `image_url` parts.
+    pub vision: bool,
+    /// Calls functions (`tools`).
+    pub tools: bool,
+    /// Structured output (`response_format` `json_object` / `json_schema`).
+    pub json: bool,
+}
+
+impl Caps {
+    /// Whether a model with these capabilities can do everything `needs` asks for.
+    pub fn covers(self, needs: Caps) -> bool {
+        (self.vision || !needs.vision) && (self.tools || !needs.tools) && (self.json || !needs.json)
+    }
+}
+
+/// A piece of a tool call as streamed (OpenAI's `delta.tool_calls[]`): the first piece of a
+/// call has its `id` and `name`, the rest add to its `arguments`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+/// A whole tool call of an answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// Adds a streamed piece to the calls it belongs to (by `index`).
+    pub fn merge(calls: &mut Vec<ToolCall>, d: &ToolCallDelta) {
+        let i = d.index as usize;
+        if calls.len() <= i {
+            calls.resize_with(i + 1, ToolCall::default);
+        }
+        let c = &mut calls[i];
+        if let Some(id) = &d.id {
+            c.id.clone_from(id);
+        }
+        if let Some(n) = &d.name {
+            c.name.push_str(n);
+        }
+        c.arguments.push_str(&d.arguments);
+    }
+
+    /// OpenAI's `tool_calls[]` item.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        })
+    }
 }
 
 /// What an upstream stream yields, in order: deltas, then at most one usage, then the end.
@@ -50,6 +129,8 @@ pub struct ChatRequest {
 pub enum StreamEvent {
     /// A piece of the reply's text.
     Delta(String),
+    /// A piece of a tool call.
+    ToolCall(ToolCallDelta),
     /// The provider's own token count (OpenAI sends it in the last chunk with
     /// `stream_options.include_usage`).
     Usage(Usage),

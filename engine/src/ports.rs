@@ -24,6 +24,8 @@ pub struct ModelInfo {
     pub per_request: i64,
     pub fallbacks: Vec<String>,
     pub enabled: bool,
+    /// What it can do beyond text.
+    pub caps: crate::llm::Caps,
 }
 
 impl ModelInfo {

@@ -76,6 +76,9 @@ struct ModelFields {
     #[schema(max_items = 8)]
     fallbacks: Option<Vec<ModelId>>,
     enabled: Option<bool>,
+    /// What the model can do beyond text; a create defaults to none, a patch replaces all three.
+    #[serde(default, deserialize_with = "super::de::opt_object")]
+    capabilities: Option<crate::storage::models::Capabilities>,
     /// Lower first in lists.
     #[schema(minimum = -1000000000, maximum = 1000000000)]
     #[serde(default, deserialize_with = "super::de::opt_int")]
@@ -169,6 +172,9 @@ fn apply(row: &mut ModelRow, provider: Option<Provider>, b: ModelFields) -> Resu
     if let Some(e) = b.enabled {
         row.enabled = i64::from(e);
     }
+    if let Some(c) = b.capabilities {
+        row.set_capabilities(c);
+    }
     if let Some(s) = b.sort_order {
         row.sort_order = in_range(
             "sort_order",
@@ -238,6 +244,9 @@ async fn create_model(
         sort_order: 100,
         created_at: now,
         updated_at: now,
+        cap_vision: 0,
+        cap_tools: 0,
+        cap_json: 0,
     };
     apply(&mut row, Some(body.provider), body.fields)?;
     storage::models::insert(&state.db, &row)

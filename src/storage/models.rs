@@ -26,9 +26,27 @@ pub struct ModelRow {
     pub sort_order: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Capabilities, 0 or 1 each.
+    #[serde(default)]
+    pub cap_vision: i64,
+    #[serde(default)]
+    pub cap_tools: i64,
+    #[serde(default)]
+    pub cap_json: i64,
 }
 
-const COLS: &str = "id, provider, upstream_model, display_name, context_window, max_output_tokens, prompt_per_1k, completion_per_1k, per_request, fallbacks, enabled, sort_order, created_at, updated_at";
+const COLS: &str = "id, provider, upstream_model, display_name, context_window, max_output_tokens, prompt_per_1k, completion_per_1k, per_request, fallbacks, enabled, sort_order, created_at, updated_at, cap_vision, cap_tools, cap_json";
+
+/// What a model can do beyond text (SPEC §6): admin-set, shown in every model list.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct Capabilities {
+    /// Reads `image_url` content parts.
+    pub vision: bool,
+    /// Function calling (`tools`).
+    pub tools: bool,
+    /// Structured output (`response_format` `json_object` and `json_schema`).
+    pub json: bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Price {
@@ -47,6 +65,7 @@ pub struct ModelView {
     pub max_output_tokens: i64,
     pub price: Price,
     pub enabled: bool,
+    pub capabilities: Capabilities,
 }
 
 /// The admin model object: the public one plus routing.
@@ -84,7 +103,22 @@ impl ModelRow {
                 per_request: self.per_request,
             },
             enabled: usable,
+            capabilities: self.capabilities(),
         }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            vision: self.cap_vision != 0,
+            tools: self.cap_tools != 0,
+            json: self.cap_json != 0,
+        }
+    }
+
+    pub fn set_capabilities(&mut self, c: Capabilities) {
+        self.cap_vision = i64::from(c.vision);
+        self.cap_tools = i64::from(c.tools);
+        self.cap_json = i64::from(c.json);
     }
 
     pub fn admin_view(&self) -> AdminModelView {
@@ -113,6 +147,11 @@ impl ModelRow {
             per_request: self.per_request,
             fallbacks: self.fallback_list(),
             enabled: self.enabled != 0,
+            caps: questech_engine::llm::Caps {
+                vision: self.cap_vision != 0,
+                tools: self.cap_tools != 0,
+                json: self.cap_json != 0,
+            },
         }
     }
 }
@@ -136,7 +175,7 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<ModelRow>> {
 
 pub async fn insert(db: &Db, m: &ModelRow) -> Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO models ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO models ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&m.id)
     .bind(&m.provider)
@@ -152,6 +191,9 @@ pub async fn insert(db: &Db, m: &ModelRow) -> Result<()> {
     .bind(m.sort_order)
     .bind(m.created_at)
     .bind(m.updated_at)
+    .bind(m.cap_vision)
+    .bind(m.cap_tools)
+    .bind(m.cap_json)
     .execute(&db.write)
     .await?;
     Ok(())
@@ -160,7 +202,8 @@ pub async fn insert(db: &Db, m: &ModelRow) -> Result<()> {
 pub async fn update(db: &Db, m: &ModelRow) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE models SET provider = ?, upstream_model = ?, display_name = ?, context_window = ?, max_output_tokens = ?, \
-         prompt_per_1k = ?, completion_per_1k = ?, per_request = ?, fallbacks = ?, enabled = ?, sort_order = ?, updated_at = ? WHERE id = ?",
+         prompt_per_1k = ?, completion_per_1k = ?, per_request = ?, fallbacks = ?, enabled = ?, sort_order = ?, \
+         cap_vision = ?, cap_tools = ?, cap_json = ?, updated_at = ? WHERE id = ?",
     )
     .bind(&m.provider)
     .bind(&m.upstream_model)
@@ -173,6 +216,9 @@ pub async fn update(db: &Db, m: &ModelRow) -> Result<bool> {
     .bind(&m.fallbacks)
     .bind(m.enabled)
     .bind(m.sort_order)
+    .bind(m.cap_vision)
+    .bind(m.cap_tools)
+    .bind(m.cap_json)
     .bind(now_ms())
     .bind(&m.id)
     .execute(&db.write)
@@ -210,6 +256,7 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
             2.0,
             0,
             0,
+            (0, 0, 0),
         ),
         (
             "gpt-4o-mini",
@@ -222,6 +269,7 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
             0.6,
             1,
             1,
+            (1, 1, 1),
         ),
         (
             "deepseek-chat",
@@ -234,9 +282,10 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
             1.1,
             1,
             2,
+            (0, 1, 1),
         ),
     ];
-    for (id, provider, upstream, name, ctx, max_out, pp, cp, per_req, order) in seeds {
+    for (id, provider, upstream, name, ctx, max_out, pp, cp, per_req, order, caps) in seeds {
         let row = ModelRow {
             id: id.into(),
             provider: provider.into(),
@@ -252,6 +301,9 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
             sort_order: order,
             created_at: now,
             updated_at: now,
+            cap_vision: caps.0,
+            cap_tools: caps.1,
+            cap_json: caps.2,
         };
         // Two nodes seeding at once: the loser's duplicate key is fine.
         if let Err(e) = insert(db, &row).await {

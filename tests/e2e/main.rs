@@ -39,4 +39,5 @@ mod tokens;
 mod toolkit;
 mod upload;
 mod v1;
+mod v1_tools;
 mod ws_input;

@@ -95,6 +95,14 @@ async fn the_document_is_what_the_server_does() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // The only model the run can name is `echo`: let it take every request shape the document
+    // allows (images, tools, structured output), so that a schema-valid request is not refused
+    // for asking a model what it cannot do (a 400 that depends on the model, not the shape).
+    let all = json!({"capabilities": {"vision": true, "tools": true, "json": true}});
+    let (s, _, b) = app
+        .patch("/admin/models/echo", Some(&admin.access), Some(all))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
 
     let (s, _, doc) = app.get("/openapi.json", None).await;
     assert_eq!(s, StatusCode::OK);

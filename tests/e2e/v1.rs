@@ -27,7 +27,7 @@ const MODEL: &str = "gpt-4o-mini";
 const PER_REQUEST: i64 = 5;
 
 /// A fake upstream and a node that uses it as its OpenAI provider; new users get 1000 credits.
-async fn node_with_upstream(
+pub(crate) async fn node_with_upstream(
     app: &TestApp,
     behavior: Behavior,
     env: &[(&str, &str)],
@@ -72,7 +72,7 @@ fn overhead_ms(h: &HeaderMap) -> f64 {
 }
 
 /// Posts a streaming request and reads the whole SSE body: status, headers, the `data:` payloads.
-async fn post_stream(
+pub(crate) async fn post_stream(
     app: &TestApp,
     path: &str,
     token: &str,
@@ -92,7 +92,7 @@ async fn post_stream(
     (status, headers, sse_datas(&text))
 }
 
-fn sse_datas(text: &str) -> Vec<String> {
+pub(crate) fn sse_datas(text: &str) -> Vec<String> {
     text.split("\n\n")
         .map(str::trim)
         .filter(|s| !s.is_empty() && !s.starts_with(':'))
@@ -105,7 +105,11 @@ fn sse_datas(text: &str) -> Vec<String> {
 }
 
 /// `reason` ledger rows of a user: `(delta, ref_id)`, oldest first.
-async fn ledger_rows(app: &TestApp, uid: i64, reason: &str) -> Vec<(i64, Option<String>)> {
+pub(crate) async fn ledger_rows(
+    app: &TestApp,
+    uid: i64,
+    reason: &str,
+) -> Vec<(i64, Option<String>)> {
     sqlx::query_as(
         "SELECT delta, ref_id FROM credit_ledger WHERE user_id = ? AND reason = ? ORDER BY id",
     )
@@ -127,7 +131,7 @@ async fn usage_rows(app: &TestApp, uid: i64) -> Vec<UsageTuple> {
 }
 
 /// Credits equal the ledger's sum, and nothing is left reserved.
-async fn assert_books_balance(app: &TestApp, uid: i64) -> i64 {
+pub(crate) async fn assert_books_balance(app: &TestApp, uid: i64) -> i64 {
     let (credits, sum) = questech::storage::ledger::balance_check(&app.state.db, uid)
         .await
         .unwrap();
@@ -539,7 +543,7 @@ both!(validation_errors, |app| async move {
         (json!({"messages": msgs}), "model"),
         (json!({"model": "", "messages": msgs}), "model"),
         (
-            json!({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}),
+            json!({"model": MODEL, "messages": [{"role": "function", "content": "x"}]}),
             "messages[0].role",
         ),
         (
@@ -555,7 +559,7 @@ both!(validation_errors, |app| async move {
             "messages[0].content",
         ),
         (
-            json!({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]}),
+            json!({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]}),
             "messages[0].content[0].type",
         ),
         (
@@ -1038,7 +1042,11 @@ both!(models_listing, |app| async move {
         assert_eq!(b["object"], "list");
         let data = b["data"].as_array().unwrap();
         for m in data {
-            assert_eq!(keys(m), ["created", "id", "object", "owned_by"], "{m}");
+            assert_eq!(
+                keys(m),
+                ["capabilities", "created", "id", "object", "owned_by"],
+                "{m}"
+            );
             assert_eq!(m["object"], "model");
             assert!(m["created"].as_i64().unwrap() > 1_600_000_000);
         }

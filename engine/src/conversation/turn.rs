@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::events::{Credits, ErrorBody, Frame, MsgUsage, StoredMessage};
 use crate::llm::{ChatMessage, ChatRequest};
-use crate::meter::{bill, retry_once, Bill, Collector, End, Plan, TurnStatus};
+use crate::meter::{bill, retry_once, Bill, Collector, Content, End, Plan, TurnStatus};
 use crate::pool::JobEvent;
 use crate::ports::{BeginOutcome, BeginTurn, FinishTurn};
 use crate::tokens;
@@ -260,7 +260,7 @@ impl ConvState {
         let Some(turn) = self.turn.as_mut().filter(|t| t.id == turn_id) else {
             return; // a late event of a finished turn
         };
-        let Some(delta) = turn.collector.push(event) else {
+        let Some(Content::Text(delta)) = turn.collector.push(event) else {
             if turn.collector.outcome.end.is_some() {
                 self.finish().await;
             }

@@ -1,7 +1,7 @@
 //! What a call did upstream, and the one rule that turns it into a bill (SPEC §6).
 
 use crate::error::EngineError;
-use crate::llm::Usage;
+use crate::llm::{ToolCall, ToolCallDelta, Usage};
 use crate::pool::JobEvent;
 use crate::ports::ModelInfo;
 use crate::tokens;
@@ -55,12 +55,21 @@ pub enum End {
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     pub text: String,
+    /// The tool calls of the answer, whole.
+    pub tool_calls: Vec<ToolCall>,
     /// The provider's own count, if it gave one.
     pub usage: Option<Usage>,
     /// The route that answered (index into the plan).
     pub answered_by: Option<usize>,
     /// `None` while running.
     pub end: Option<End>,
+}
+
+/// A piece of an answer as it comes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    Text(String),
+    ToolCall(ToolCallDelta),
 }
 
 /// Collects a job's events into an [`Outcome`]; hands deltas on.
@@ -70,14 +79,18 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Takes one event; returns the delta to relay, if it was one.
-    pub fn push(&mut self, event: JobEvent) -> Option<String> {
+    /// Takes one event; returns the content to relay, if it was some.
+    pub fn push(&mut self, event: JobEvent) -> Option<Content> {
         let o = &mut self.outcome;
         match event {
             JobEvent::Answering(i) => o.answered_by = Some(i),
             JobEvent::Delta(d) => {
                 o.text.push_str(&d);
-                return Some(d);
+                return Some(Content::Text(d));
+            }
+            JobEvent::ToolCall(t) => {
+                ToolCall::merge(&mut o.tool_calls, &t);
+                return Some(Content::ToolCall(t));
             }
             JobEvent::Usage(u) => o.usage = Some(u),
             JobEvent::Done(r) => o.end = Some(End::Done(r)),
@@ -141,6 +154,7 @@ pub async fn bill(plan: &Plan, out: &Outcome, partial_reaches_user: bool) -> Bil
             per_request: 0,
             fallbacks: Vec::new(),
             enabled: false,
+            caps: Default::default(),
         });
     let (status, error, reason) = match &out.end {
         Some(End::Done(r)) => (TurnStatus::Complete, None, finish_reason(r.as_deref())),
@@ -154,7 +168,7 @@ pub async fn bill(plan: &Plan, out: &Outcome, partial_reaches_user: bool) -> Bil
             String::new(),
         ),
     };
-    let produced = !out.text.is_empty();
+    let produced = !out.text.is_empty() || !out.tool_calls.is_empty();
     let delivered = produced && (status == TurnStatus::Complete || partial_reaches_user);
     let prompt = out.usage.map_or(plan.prompt_local, |u| u.prompt_tokens);
     let (prompt, completion, charge) = match (status, out.usage) {
@@ -164,11 +178,11 @@ pub async fn bill(plan: &Plan, out: &Outcome, partial_reaches_user: bool) -> Bil
             model.cost(u.prompt_tokens, u.completion_tokens, true),
         ),
         (TurnStatus::Complete, None) => {
-            let c = tokens::count_off_runtime(&out.text).await;
+            let c = completion_local(out).await;
             (prompt, c, model.cost(prompt, c, true))
         }
         _ if delivered => {
-            let c = tokens::count_off_runtime(&out.text).await;
+            let c = completion_local(out).await;
             (prompt, c, model.cost(prompt, c, false))
         }
         // Nothing reached the user: nothing is charged.
@@ -184,4 +198,13 @@ pub async fn bill(plan: &Plan, out: &Outcome, partial_reaches_user: bool) -> Bil
         finish_reason: reason,
         delivered,
     }
+}
+
+/// The completion counted locally: the text and every tool call's name and arguments.
+async fn completion_local(out: &Outcome) -> u64 {
+    let mut c = tokens::count_off_runtime(&out.text).await;
+    for t in &out.tool_calls {
+        c += tokens::count(&t.name) + tokens::count_off_runtime(&t.arguments).await;
+    }
+    c
 }

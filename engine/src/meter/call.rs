@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{bill, retry_once, Bill, Collector, Plan};
+use super::{bill, retry_once, Bill, Collector, Content, Plan};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::events::Frame;
@@ -65,6 +65,7 @@ pub enum CallEvent {
     /// Admitted and reserved: the request goes upstream now.
     Submitted(Instant),
     Delta(String),
+    ToolCall(crate::llm::ToolCallDelta),
 }
 
 /// A call that went upstream, billed and settled.
@@ -72,6 +73,7 @@ pub enum CallEvent {
 pub struct Called {
     pub bill: Bill,
     pub text: String,
+    pub tool_calls: Vec<crate::llm::ToolCall>,
     pub charged: i64,
     pub balance: i64,
     /// When the upstream part ended.
@@ -114,11 +116,15 @@ impl Engine {
         sink(CallEvent::Submitted(Instant::now()));
         let mut collector = Collector::default();
         self.pool
-            .run(&spec.plan.routes, &CancellationToken::new(), &mut |ev| {
-                if let Some(d) = collector.push(ev) {
-                    sink(CallEvent::Delta(d));
-                }
-            })
+            .run(
+                &spec.plan.routes,
+                &CancellationToken::new(),
+                &mut |ev| match collector.push(ev) {
+                    Some(Content::Text(d)) => sink(CallEvent::Delta(d)),
+                    Some(Content::ToolCall(t)) => sink(CallEvent::ToolCall(t)),
+                    None => {}
+                },
+            )
             .await;
         let ended = Instant::now();
         let out = collector.outcome;
@@ -160,6 +166,7 @@ impl Engine {
         Ok(Called {
             bill,
             text: out.text,
+            tool_calls: out.tool_calls,
             charged,
             balance,
             ended,

@@ -22,7 +22,7 @@ mod tests;
 use std::future::Future;
 use std::time::Duration;
 
-pub use bill::{bill, Bill, Collector, End, Outcome, TurnStatus};
+pub use bill::{bill, Bill, Collector, Content, End, Outcome, TurnStatus};
 pub use call::{CallEvent, CallKind, CallSpec, Called};
 
 use crate::engine::Engine;
@@ -72,7 +72,8 @@ impl Engine {
         let mut models = vec![model];
         for fb in &models[0].fallbacks.clone() {
             if let Ok(Some(m)) = self.store.model(fb).await {
-                if self.is_usable(&m) && !models.iter().any(|x| x.id == m.id) {
+                let able = m.caps.covers(request.needs);
+                if able && self.is_usable(&m) && !models.iter().any(|x| x.id == m.id) {
                     models.push(m);
                 }
             }

@@ -147,6 +147,7 @@ fn model(id: &str, provider: &str, price: f64, per_request: i64, fallbacks: &[&s
         per_request,
         fallbacks: fallbacks.iter().map(|s| (*s).to_owned()).collect(),
         enabled: true,
+        caps: Default::default(),
     }
 }
 

@@ -69,6 +69,7 @@ pub enum JobEvent {
     /// The route (index into the job's routes) whose answer follows: the model that answered.
     Answering(usize),
     Delta(String),
+    ToolCall(crate::llm::ToolCallDelta),
     Usage(Usage),
     /// Normal end.
     Done(Option<String>),

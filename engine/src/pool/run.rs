@@ -181,16 +181,26 @@ impl Job<'_, '_> {
                     return Attempt::Finished;
                 }
             };
-            match next {
-                Some(Ok(StreamEvent::Delta(d))) => {
+            let next = match next {
+                Some(Ok(ev)) => content(ev).map(|ev| Some(Ok(ev))),
+                other => Ok(other),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(content) => {
                     if !delivered {
                         delivered = true;
                         metrics::histogram!("questech_llm_time_to_first_token_seconds", "provider" => provider.clone())
-                            .record(t0.elapsed().as_secs_f64());
+                        .record(t0.elapsed().as_secs_f64());
                         self.answering(slot, index, early_usage.take());
                     }
-                    (self.sink)(JobEvent::Delta(d));
+                    (self.sink)(content);
+                    continue;
                 }
+            };
+            match next {
+                // Content was handed on above.
+                Some(Ok(StreamEvent::Delta(_) | StreamEvent::ToolCall(_))) => {}
                 Some(Ok(StreamEvent::Usage(u))) if delivered => (self.sink)(JobEvent::Usage(u)),
                 Some(Ok(StreamEvent::Usage(u))) => early_usage = Some(u),
                 Some(Ok(StreamEvent::Done(reason))) => {
@@ -253,5 +263,15 @@ fn classify(slot: &Slot, e: ProviderError) -> Attempt {
             slot.record(false);
             Attempt::Retry(EngineError::UpstreamError(m), None)
         }
+    }
+}
+
+/// A stream event that is content (text or a tool call) as the job event it becomes; any
+/// other event back as it was.
+fn content(ev: StreamEvent) -> Result<StreamEvent, JobEvent> {
+    match ev {
+        StreamEvent::Delta(d) => Err(JobEvent::Delta(d)),
+        StreamEvent::ToolCall(t) => Err(JobEvent::ToolCall(t)),
+        other => Ok(other),
     }
 }

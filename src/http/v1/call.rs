@@ -16,8 +16,11 @@ use crate::auth::{AuthUser, Role};
 use crate::error::{Error, Result};
 use crate::http::{sse, Json};
 use crate::state::AppState;
-use questech_engine::llm::ChatRequest;
+use std::sync::Arc;
+
+use questech_engine::llm::{Caps, ChatRequest, WireExtras};
 use questech_engine::meter::{CallEvent, CallKind, CallSpec, Called};
+use questech_engine::ports::ModelInfo;
 use questech_engine::{tokens, EngineError};
 
 /// What the call's task tells the response.
@@ -51,7 +54,11 @@ pub async fn complete(
 /// The engine's call for a validated request, and the objects its answer is written in.
 async fn prepare(state: &AppState, user: &AuthUser, req: Valid) -> Result<(CallSpec, Chunks)> {
     let model = state.engine.usable_model(&req.model).await?;
-    let prompt_local = tokens::count_messages_off_runtime(&req.messages).await;
+    let needs = needs(&req, &model)?;
+    let images: u64 = req.messages.images.iter().map(|(_, t)| t).sum();
+    let prompt_local = tokens::count_messages_off_runtime(&req.messages.text).await
+        + tokens::count_off_runtime(&req.forwarded.tools_text).await
+        + images;
     if prompt_local >= model.context_window {
         return Err(Error::invalid(
             "messages",
@@ -68,13 +75,21 @@ async fn prepare(state: &AppState, user: &AuthUser, req: Valid) -> Result<(CallS
         .min(model.max_output_tokens)
         .min(model.context_window - prompt_local)
         .max(1);
+    let wire = (req.messages.wire.is_some() || !req.forwarded.fields.is_empty()).then(|| {
+        Arc::new(WireExtras {
+            messages: req.messages.wire,
+            fields: req.forwarded.fields,
+        })
+    });
     let request = ChatRequest {
         model: String::new(),
-        messages: req.messages,
+        messages: req.messages.text,
         max_tokens: Some(max_tokens),
         temperature: req.temperature,
         top_p: req.top_p,
         stop: req.stop,
+        wire,
+        needs,
     };
     let completion_id = format!("chatcmpl-{}", crate::ids::next_id());
     let chunks = Chunks {
@@ -95,6 +110,46 @@ async fn prepare(state: &AppState, user: &AuthUser, req: Valid) -> Result<(CallS
         partial_reaches_user: req.stream,
     };
     Ok((spec, chunks))
+}
+
+/// What the request asks of a model beyond text, refused (400, naming the field) when the
+/// model asked for cannot do it.
+fn needs(req: &Valid, model: &ModelInfo) -> Result<Caps> {
+    let needs = Caps {
+        vision: !req.messages.images.is_empty(),
+        tools: req.forwarded.tools || req.messages.uses_tools,
+        json: req.forwarded.json,
+    };
+    let id = &model.id;
+    if needs.vision && !model.caps.vision {
+        let field = req
+            .messages
+            .images
+            .first()
+            .map_or("messages", |(f, _)| f.as_str());
+        return Err(Error::invalid(
+            field,
+            &format!("the model {id} does not read images"),
+        ));
+    }
+    if needs.tools && !model.caps.tools {
+        let field = if req.forwarded.tools {
+            "tools"
+        } else {
+            "messages"
+        };
+        return Err(Error::invalid(
+            field,
+            &format!("the model {id} does not call tools"),
+        ));
+    }
+    if needs.json && !model.caps.json {
+        return Err(Error::invalid(
+            "response_format",
+            &format!("the model {id} has no structured output"),
+        ));
+    }
+    Ok(needs)
 }
 
 /// Runs the call in its own task: from here on it has effects (limits, credits, upstream), and

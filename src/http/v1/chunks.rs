@@ -50,7 +50,7 @@ impl Chunks {
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": called.text, "refusal": null},
+                "message": message(called),
                 "logprobs": null,
                 "finish_reason": called.bill.finish_reason,
             }],
@@ -64,6 +64,18 @@ impl Chunks {
             Relay::Event(CallEvent::Submitted(_)) => return false,
             Relay::Event(CallEvent::Delta(d)) => {
                 out.push_back(self.chunk(json!({"content": d}), Value::Null));
+                return false;
+            }
+            Relay::Event(CallEvent::ToolCall(t)) => {
+                let mut call = json!({"index": t.index, "function": {"arguments": t.arguments}});
+                if let Some(id) = t.id {
+                    call["id"] = json!(id);
+                    call["type"] = json!("function");
+                }
+                if let Some(name) = t.name {
+                    call["function"]["name"] = json!(name);
+                }
+                out.push_back(self.chunk(json!({"tool_calls": [call]}), Value::Null));
                 return false;
             }
             Relay::End(r) => *r,
@@ -100,4 +112,17 @@ impl Chunks {
         out.push_back(sse_data("[DONE]"));
         true
     }
+}
+
+/// The answer's `message`: its text (null when it only calls tools) and its tool calls.
+fn message(called: &Called) -> Value {
+    let mut m = json!({"role": "assistant", "content": called.text, "refusal": null});
+    if !called.tool_calls.is_empty() {
+        if called.text.is_empty() {
+            m["content"] = Value::Null;
+        }
+        let calls: Vec<Value> = called.tool_calls.iter().map(|t| t.to_json()).collect();
+        m["tool_calls"] = Value::Array(calls);
+    }
+    m
 }

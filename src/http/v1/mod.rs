@@ -14,8 +14,10 @@
 
 mod call;
 mod chunks;
+mod messages;
 mod overhead;
 mod request;
+mod tools;
 
 pub use request::overrides as schema_overrides;
 
@@ -75,6 +77,7 @@ async fn models(State(state): State<AppState>, V1Auth(_user): V1Auth) -> Result<
                 "object": "model",
                 "created": m.created_at / 1000,
                 "owned_by": m.provider,
+                "capabilities": m.capabilities(),
             })
         })
         .collect();

@@ -1,10 +1,11 @@
 //! The request of `POST /v1/chat/completions` and its validation into what the engine runs.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use super::messages::{self, Messages};
+use super::tools::{self, Forwarded};
 use crate::error::{Error, Result};
-use questech_engine::llm::ChatMessage;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
@@ -35,15 +36,27 @@ pub struct CompletionRequest {
     #[schema(minimum = 1, maximum = 1)]
     #[serde(default, deserialize_with = "crate::http::de::opt_int")]
     pub n: Option<i64>,
+    /// Every other field: `tools`, `tool_choice`, `parallel_tool_calls`, `response_format`,
+    /// `seed`, penalties, `logit_bias`, `user`, `metadata` (checked, schema: [`overrides`]) and
+    /// any field this server does not know, all forwarded upstream as given.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub rest: Map<String, Value>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct InMessage {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// A string, or an array of `{"type":"text","text":…}` parts.
+    /// A string, or an array of `text` parts (and, from the user, `image_url` parts).
     #[schema(value_type = Option<Object>)]
     pub content: Option<Value>,
+    /// An assistant's function calls.
+    #[schema(value_type = Option<Object>)]
+    pub tool_calls: Option<Value>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -54,48 +67,14 @@ pub struct StreamOptions {
 /// A validated request.
 pub struct Valid {
     pub model: String,
-    pub messages: Vec<ChatMessage>,
+    pub messages: Messages,
+    pub forwarded: Forwarded,
     pub stream: bool,
     pub include_usage: bool,
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub stop: Vec<String>,
-}
-
-fn content_text(i: usize, role: &str, content: Option<&Value>) -> Result<String> {
-    let field = format!("messages[{i}].content");
-    match content {
-        Some(Value::String(s)) => Ok(s.clone()),
-        None | Some(Value::Null) if role == "assistant" => Ok(String::new()),
-        None | Some(Value::Null) => Err(Error::invalid(&field, "required")),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                let kind = p.get("type").and_then(Value::as_str);
-                match (kind, p.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    (Some("text"), None) => {
-                        return Err(Error::invalid(
-                            &format!("{field}[{j}].text"),
-                            "must be a string",
-                        ))
-                    }
-                    _ => {
-                        return Err(Error::invalid(
-                            &format!("{field}[{j}].type"),
-                            "only \"text\" parts are supported",
-                        ))
-                    }
-                }
-            }
-            Ok(text)
-        }
-        Some(_) => Err(Error::invalid(
-            &field,
-            "must be a string or an array of text parts",
-        )),
-    }
 }
 
 pub fn validate(body: CompletionRequest) -> Result<Valid> {
@@ -108,7 +87,8 @@ pub fn validate(body: CompletionRequest) -> Result<Valid> {
             return Err(Error::invalid("n", "only 1 is supported"));
         }
     }
-    let messages = parse_messages(&body.messages)?;
+    let messages = messages::read(&body.messages)?;
+    let forwarded = tools::read(body.rest)?;
     let max_tokens = match (body.max_completion_tokens, body.max_tokens) {
         (Some(v), _) => Some(("max_completion_tokens", v)),
         (None, Some(v)) => Some(("max_tokens", v)),
@@ -135,6 +115,7 @@ pub fn validate(body: CompletionRequest) -> Result<Valid> {
     Ok(Valid {
         model: body.model,
         messages,
+        forwarded,
         stream: body.stream.unwrap_or(false),
         include_usage: body
             .stream_options
@@ -145,30 +126,6 @@ pub fn validate(body: CompletionRequest) -> Result<Valid> {
         top_p: body.top_p,
         stop,
     })
-}
-
-/// The messages in the engine's shape (`developer` is a `system` message).
-fn parse_messages(input: &[InMessage]) -> Result<Vec<ChatMessage>> {
-    let mut messages = Vec::with_capacity(input.len());
-    for (i, m) in input.iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            _ => {
-                return Err(Error::invalid(
-                    &format!("messages[{i}].role"),
-                    "must be system, developer, user or assistant",
-                ))
-            }
-        };
-        let content = content_text(i, role, m.content.as_ref())?;
-        messages.push(ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        });
-    }
-    Ok(messages)
 }
 
 /// `stop`: a string or up to 4 strings of 1 to 256 characters.
@@ -211,29 +168,53 @@ fn parse_stop(stop: Option<Value>) -> Result<Vec<String>> {
 /// and is a string or text parts; `stop` is a string or up to 4 of them. Applied to the finished
 /// document.
 pub fn overrides(doc: &mut Value) {
-    let content = serde_json::json!({"oneOf": [
-        {"type": "string"},
-        {"type": "array", "items": {
-            "type": "object", "required": ["type", "text"],
-            "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}
+    use crate::patterns::pattern;
+    use serde_json::json;
+    let text_part = json!({"type": "object", "required": ["type", "text"],
+        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}});
+    let image_part = json!({"type": "object", "required": ["type", "image_url"], "properties": {
+        "type": {"type": "string", "enum": ["image_url"]},
+        "image_url": {"type": "object", "required": ["url"], "properties": {
+            "url": {"type": "string", "pattern": pattern::IMAGE_URL},
+            "detail": {"type": ["string", "null"], "enum": ["auto", "low", "high", null]}
         }}
-    ]});
-    let message = serde_json::json!({"oneOf": [
+    }});
+    let text = json!({"oneOf": [{"type": "string"}, {"type": "array", "items": text_part}]});
+    let user = json!({"oneOf": [{"type": "string"},
+        {"type": "array", "items": {"oneOf": [text_part, image_part]}}]});
+    let name = json!({"type": ["string", "null"], "minLength": 1, "maxLength": 64});
+    let id = json!({"type": "string", "minLength": 1, "maxLength": 256});
+    let call = json!({"type": "object", "required": ["id", "type", "function"], "properties": {
+        "id": id, "type": {"type": "string", "enum": ["function"]},
+        "function": {"type": "object", "required": ["name", "arguments"], "properties": {
+            "name": {"type": "string", "pattern": pattern::TOOL_NAME},
+            "arguments": {"type": "string"}
+        }}
+    }});
+    let message = json!({"oneOf": [
         {"type": "object", "required": ["role", "content"], "properties": {
-            "role": {"type": "string", "enum": ["system", "developer", "user"]},
-            "content": content
+            "role": {"type": "string", "enum": ["system", "developer"]}, "content": text, "name": name
+        }},
+        {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"type": "string", "enum": ["user"]}, "content": user, "name": name
         }},
         {"type": "object", "required": ["role"], "properties": {
             "role": {"type": "string", "enum": ["assistant"]},
-            "content": {"oneOf": [{"type": "null"}, content]}
+            "content": {"oneOf": [{"type": "null"}, text]}, "name": name,
+            "tool_calls": {"type": "array", "minItems": 1, "items": call}
+        }},
+        {"type": "object", "required": ["role", "content", "tool_call_id"], "properties": {
+            "role": {"type": "string", "enum": ["tool"]}, "content": text, "tool_call_id": id
         }}
     ]});
-    let stop = serde_json::json!({"oneOf": [
+    let stop = json!({"oneOf": [
         {"type": "null"},
         {"type": "string", "minLength": 1, "maxLength": 256},
         {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 256}}
     ]});
     let schemas = &mut doc["components"]["schemas"];
     schemas["InMessage"] = message;
-    schemas["CompletionRequest"]["properties"]["stop"] = stop;
+    let props = &mut schemas["CompletionRequest"]["properties"];
+    props["stop"] = stop;
+    super::tools::overrides(props);
 }

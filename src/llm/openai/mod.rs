@@ -72,7 +72,7 @@ pub fn build_client() -> Result<reqwest::Client, reqwest::Error> {
 #[derive(serde::Serialize)]
 pub struct RequestBody<'a> {
     model: &'a str,
-    messages: &'a [questech_engine::llm::ChatMessage],
+    messages: Messages<'a>,
     stream: bool,
     stream_options: StreamOptions,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,6 +83,17 @@ pub struct RequestBody<'a> {
     top_p: Option<f64>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     stop: &'a [String],
+    /// Forwarded fields (`tools`, `response_format`, ...).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The messages as text, or as the client's own JSON when they hold more.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Messages<'a> {
+    Text(&'a [questech_engine::llm::ChatMessage]),
+    Wire(&'a [serde_json::Value]),
 }
 
 #[derive(serde::Serialize)]
@@ -93,7 +104,10 @@ struct StreamOptions {
 pub fn request_body(req: &ChatRequest) -> RequestBody<'_> {
     RequestBody {
         model: &req.model,
-        messages: &req.messages,
+        messages: match req.wire.as_ref().and_then(|w| w.messages.as_deref()) {
+            Some(wire) => Messages::Wire(wire),
+            None => Messages::Text(&req.messages),
+        },
         stream: true,
         stream_options: StreamOptions {
             include_usage: true,
@@ -102,6 +116,7 @@ pub fn request_body(req: &ChatRequest) -> RequestBody<'_> {
         temperature: req.temperature,
         top_p: req.top_p,
         stop: &req.stop,
+        fields: req.wire.as_ref().map(|w| &w.fields),
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use questech_engine::llm::{EventStream, ProviderError, StreamEvent, Usage};
+use questech_engine::llm::{EventStream, ProviderError, StreamEvent, ToolCallDelta, Usage};
 use serde::Deserialize;
 
 use super::{error_chain, truncate_chars, MAX_ERROR_MESSAGE_CHARS, MAX_PENDING_SSE_BYTES};
@@ -36,6 +36,49 @@ struct WireChoice {
 struct WireMessage {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+}
+
+/// A tool call, whole (`message`) or a piece of one (`delta`).
+#[derive(Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<WireFunction>,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+impl WireMessage {
+    /// The message's content as events: its text, then its tool calls (the k-th call
+    /// without an index is call k).
+    fn events(self, out: &mut impl Extend<Result<StreamEvent, ProviderError>>) {
+        if let Some(text) = self.content.filter(|t| !t.is_empty()) {
+            out.extend([Ok(StreamEvent::Delta(text))]);
+        }
+        for (k, c) in self.tool_calls.into_iter().enumerate() {
+            let (name, arguments) = c
+                .function
+                .map(|f| (f.name, f.arguments.unwrap_or_default()))
+                .unwrap_or_default();
+            out.extend([Ok(StreamEvent::ToolCall(ToolCallDelta {
+                index: c.index.unwrap_or(k as u32),
+                id: c.id,
+                name,
+                arguments,
+            }))]);
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -103,10 +146,8 @@ impl State {
             return true;
         }
         if let Some(choice) = chunk.choices.into_iter().next() {
-            if let Some(text) = choice.delta.and_then(|d| d.content) {
-                if !text.is_empty() {
-                    self.out.push_back(Ok(StreamEvent::Delta(text)));
-                }
+            if let Some(d) = choice.delta {
+                d.events(&mut self.out);
             }
             if choice.finish_reason.is_some() {
                 self.finish_reason = choice.finish_reason;
@@ -185,10 +226,10 @@ pub(super) fn full_completion_events(body: &[u8]) -> Result<Vec<StreamEvent>, Pr
     let mut events = Vec::new();
     let mut finish_reason = None;
     if let Some(choice) = c.choices.into_iter().next() {
-        if let Some(text) = choice.message.or(choice.delta).and_then(|m| m.content) {
-            if !text.is_empty() {
-                events.push(StreamEvent::Delta(text));
-            }
+        if let Some(m) = choice.message.or(choice.delta) {
+            let mut out = Vec::new();
+            m.events(&mut out);
+            events.extend(out.into_iter().flatten());
         }
         finish_reason = choice.finish_reason;
     }

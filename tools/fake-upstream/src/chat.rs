@@ -14,6 +14,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::features::{Reply, IMAGE_TOKENS};
 use crate::{lock, Behavior, RecordedRequest, Shared, DEFAULT_WORDS, MAX_RECORDED};
 
 fn now_secs() -> u64 {
@@ -121,6 +122,8 @@ struct Answer {
     model: String,
     prompt_tokens: u64,
     deltas: Vec<String>,
+    /// A tool call instead of text: `(id, name, arguments)`.
+    tool_call: Option<(String, String, String)>,
     finish: &'static str,
     include_usage: bool,
 }
@@ -143,13 +146,30 @@ impl Answer {
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": self.deltas.concat()},
+                "message": self.message(),
                 "logprobs": null,
                 "finish_reason": self.finish,
             }],
-            "usage": self.usage(self.deltas.len() as u64),
+            "usage": self.usage(self.content().len() as u64),
         }))
         .into_response()
+    }
+
+    fn message(&self) -> Value {
+        match &self.tool_call {
+            None => json!({"role": "assistant", "content": self.deltas.concat()}),
+            Some((id, name, args)) => json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": id, "type": "function", "function": {"name": name, "arguments": args}}
+            ]}),
+        }
+    }
+
+    /// The content deltas of the stream: text pieces or tool-call pieces.
+    fn content(&self) -> Vec<Value> {
+        match &self.tool_call {
+            None => self.deltas.iter().map(|d| json!({"content": d})).collect(),
+            Some((id, name, args)) => crate::features::tool_call_deltas(id, name, args),
+        }
     }
 
     fn chunk(&self, choices: Value, usage: Value) -> std::io::Result<Bytes> {
@@ -180,12 +200,12 @@ impl Answer {
             self.delta(json!({"role": "assistant"}), Value::Null),
         ));
         let mut sent = 0u64;
-        for (i, d) in self.deltas.iter().enumerate() {
+        for (i, d) in self.content().into_iter().enumerate() {
             if b.drop_after == Some(i) {
                 break;
             }
             let gap = if i == 0 { Duration::ZERO } else { b.chunk_gap };
-            frames.push_back((gap, self.delta(json!({"content": d}), Value::Null)));
+            frames.push_back((gap, self.delta(d, Value::Null)));
             sent += 1;
         }
         if b.drop_after.is_some() {
@@ -278,13 +298,29 @@ pub(crate) async fn chat_completions(
     if b.hang_after_headers {
         return hang_after_headers(streaming, cancel);
     }
-    let (deltas, finish) = content_deltas(&b, json["max_tokens"].as_u64());
+    let (mut deltas, mut finish) = content_deltas(&b, json["max_tokens"].as_u64());
+    let call_no = s.ids.fetch_add(1, Ordering::Relaxed);
+    let mut tool_call = None;
+    match crate::features::reply(&json, call_no) {
+        Some(Reply::Text(t)) => (deltas, finish) = (t, "stop"),
+        Some(Reply::ToolCall {
+            id,
+            name,
+            arguments,
+        }) => {
+            (deltas, finish) = (Vec::new(), "tool_calls");
+            tool_call = Some((id, name, arguments));
+        }
+        None => {}
+    }
     let answer = Answer {
-        id: format!("chatcmpl-fake-{}", s.ids.fetch_add(1, Ordering::Relaxed)),
+        id: format!("chatcmpl-fake-{call_no}"),
         created: now_secs(),
         model: json["model"].as_str().unwrap_or("fake-model").to_owned(),
-        prompt_tokens: 10 * json["messages"].as_array().map_or(0, Vec::len) as u64,
+        prompt_tokens: 10 * json["messages"].as_array().map_or(0, Vec::len) as u64
+            + IMAGE_TOKENS * crate::features::images(&json),
         deltas,
+        tool_call,
         finish,
         include_usage: b.usage && json["stream_options"]["include_usage"].as_bool() == Some(true),
     };

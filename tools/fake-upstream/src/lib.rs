@@ -7,7 +7,9 @@
 //!   shapes when `stream` is true (a role chunk, content chunks, a finish chunk, a usage chunk
 //!   with `"choices":[]` when `stream_options.include_usage` is asked, then `data: [DONE]`), or a
 //!   whole `chat.completion` object otherwise;
-//! - `GET /v1/models`.
+//! - `GET /v1/models`;
+//! - `POST /v1/embeddings` (see [`features`]): tool calls when tools are offered, JSON for
+//!   `response_format`, and image parts counted in usage are there too.
 //!
 //! Its [`Behavior`] (latency, chunking, failures, dropped or hanging connections) can be changed
 //! while it runs, through [`FakeUpstream::behavior`]. Every chat request is recorded (path,
@@ -25,6 +27,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 mod chat;
+mod features;
 #[cfg(test)]
 mod tests;
 
@@ -198,6 +201,8 @@ pub async fn start_on(port: u16, behavior: Behavior) -> std::io::Result<FakeUpst
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(features::embeddings))
+        .route("/embeddings", post(features::embeddings))
         .fallback(not_found)
         .with_state(shared.clone());
     let cancel = shared.cancel.clone();
