@@ -30,6 +30,7 @@ mod credits;
 mod errors;
 mod group_commit;
 mod health;
+mod openai_python;
 mod ops;
 mod schema_fuzz;
 mod shutdown;
