@@ -131,6 +131,8 @@ pub enum StreamEvent {
     Delta(String),
     /// A piece of a tool call.
     ToolCall(ToolCallDelta),
+    /// Log probabilities of the tokens just sent (OpenAI's `logprobs.content` items).
+    Logprobs(serde_json::Value),
     /// The provider's own token count (OpenAI sends it in the last chunk with
     /// `stream_options.include_usage`).
     Usage(Usage),

@@ -98,7 +98,9 @@ async fn the_document_is_what_the_server_does() {
     // The only model the run can name is `echo`: let it take every request shape the document
     // allows (images, tools, structured output), so that a schema-valid request is not refused
     // for asking a model what it cannot do (a 400 that depends on the model, not the shape).
-    let all = json!({"capabilities": {"vision": true, "tools": true, "json": true}});
+    // And a window no body under the size limit can overflow (each image reserves 1,445 tokens).
+    let all = json!({"capabilities": {"vision": true, "tools": true, "json": true},
+        "context_window": 10_000_000});
     let (s, _, b) = app
         .patch("/admin/models/echo", Some(&admin.access), Some(all))
         .await;

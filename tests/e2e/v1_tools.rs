@@ -187,6 +187,43 @@ both!(tool_calls_images_and_json, |app| async move {
         format
     );
 
+    // Log probabilities are relayed, whole and streamed.
+    let (s, b) = post(
+        &node,
+        &key,
+        json!({"model": MODEL, "logprobs": true, "top_logprobs": 2,
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let lp = b["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let tokens: String = lp.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(
+        tokens,
+        b["choices"][0]["message"]["content"].as_str().unwrap(),
+        "{b}"
+    );
+    assert_eq!(up.requests().last().unwrap().body["top_logprobs"], 2);
+    let (_, _, datas) = post_stream(
+        &node,
+        "/v1/chat/completions",
+        &key,
+        json!({"model": MODEL,
+        "stream": true, "logprobs": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let streamed: Vec<Value> = datas
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed, lp, "the same log probabilities streamed");
+
     // Bad shapes are 400 naming the field, before anything goes upstream.
     let before = up.request_count();
     for (body, field) in [
@@ -199,7 +236,8 @@ both!(tool_calls_images_and_json, |app| async move {
             json!({"response_format": {"type": "yaml"}}),
             "response_format.type",
         ),
-        (json!({"logprobs": true}), "logprobs"),
+        (json!({"logprobs": "yes"}), "logprobs"),
+        (json!({"top_logprobs": 21}), "top_logprobs"),
         (
             json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
             "messages[0].content[0].image_url.url",

@@ -57,6 +57,8 @@ pub struct Outcome {
     pub text: String,
     /// The tool calls of the answer, whole.
     pub tool_calls: Vec<ToolCall>,
+    /// The tokens' log probabilities, when asked for (OpenAI's `logprobs.content` items).
+    pub logprobs: Vec<serde_json::Value>,
     /// The provider's own count, if it gave one.
     pub usage: Option<Usage>,
     /// The route that answered (index into the plan).
@@ -70,6 +72,7 @@ pub struct Outcome {
 pub enum Content {
     Text(String),
     ToolCall(ToolCallDelta),
+    Logprobs(serde_json::Value),
 }
 
 /// Collects a job's events into an [`Outcome`]; hands deltas on.
@@ -91,6 +94,12 @@ impl Collector {
             JobEvent::ToolCall(t) => {
                 ToolCall::merge(&mut o.tool_calls, &t);
                 return Some(Content::ToolCall(t));
+            }
+            JobEvent::Logprobs(l) => {
+                if let Some(items) = l.as_array() {
+                    o.logprobs.extend(items.iter().cloned());
+                }
+                return Some(Content::Logprobs(l));
             }
             JobEvent::Usage(u) => o.usage = Some(u),
             JobEvent::Done(r) => o.end = Some(End::Done(r)),

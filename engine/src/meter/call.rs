@@ -66,6 +66,7 @@ pub enum CallEvent {
     Submitted(Instant),
     Delta(String),
     ToolCall(crate::llm::ToolCallDelta),
+    Logprobs(serde_json::Value),
 }
 
 /// A call that went upstream, billed and settled.
@@ -74,6 +75,7 @@ pub struct Called {
     pub bill: Bill,
     pub text: String,
     pub tool_calls: Vec<crate::llm::ToolCall>,
+    pub logprobs: Vec<serde_json::Value>,
     pub charged: i64,
     pub balance: i64,
     /// When the upstream part ended.
@@ -122,6 +124,7 @@ impl Engine {
                 &mut |ev| match collector.push(ev) {
                     Some(Content::Text(d)) => sink(CallEvent::Delta(d)),
                     Some(Content::ToolCall(t)) => sink(CallEvent::ToolCall(t)),
+                    Some(Content::Logprobs(l)) => sink(CallEvent::Logprobs(l)),
                     None => {}
                 },
             )
@@ -167,6 +170,7 @@ impl Engine {
             bill,
             text: out.text,
             tool_calls: out.tool_calls,
+            logprobs: out.logprobs,
             charged,
             balance,
             ended,

@@ -70,6 +70,7 @@ pub enum JobEvent {
     Answering(usize),
     Delta(String),
     ToolCall(crate::llm::ToolCallDelta),
+    Logprobs(serde_json::Value),
     Usage(Usage),
     /// Normal end.
     Done(Option<String>),

@@ -200,7 +200,9 @@ impl Job<'_, '_> {
             };
             match next {
                 // Content was handed on above.
-                Some(Ok(StreamEvent::Delta(_) | StreamEvent::ToolCall(_))) => {}
+                Some(Ok(
+                    StreamEvent::Delta(_) | StreamEvent::ToolCall(_) | StreamEvent::Logprobs(_),
+                )) => {}
                 Some(Ok(StreamEvent::Usage(u))) if delivered => (self.sink)(JobEvent::Usage(u)),
                 Some(Ok(StreamEvent::Usage(u))) => early_usage = Some(u),
                 Some(Ok(StreamEvent::Done(reason))) => {
@@ -272,6 +274,7 @@ fn content(ev: StreamEvent) -> Result<StreamEvent, JobEvent> {
     match ev {
         StreamEvent::Delta(d) => Err(JobEvent::Delta(d)),
         StreamEvent::ToolCall(t) => Err(JobEvent::ToolCall(t)),
+        StreamEvent::Logprobs(l) => Err(JobEvent::Logprobs(l)),
         other => Ok(other),
     }
 }

@@ -29,12 +29,16 @@ fn usage_json(b: &Bill) -> Value {
 
 impl Chunks {
     pub fn chunk(&self, delta: Value, finish_reason: Value) -> Bytes {
+        self.chunk_with(delta, finish_reason, Value::Null)
+    }
+
+    fn chunk_with(&self, delta: Value, finish_reason: Value, logprobs: Value) -> Bytes {
         let mut c = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         });
         if self.include_usage {
             c["usage"] = Value::Null;
@@ -51,7 +55,11 @@ impl Chunks {
             "choices": [{
                 "index": 0,
                 "message": message(called),
-                "logprobs": null,
+                "logprobs": if called.logprobs.is_empty() {
+                    Value::Null
+                } else {
+                    json!({"content": called.logprobs, "refusal": null})
+                },
                 "finish_reason": called.bill.finish_reason,
             }],
             "usage": usage_json(&called.bill),
@@ -64,6 +72,11 @@ impl Chunks {
             Relay::Event(CallEvent::Submitted(_)) => return false,
             Relay::Event(CallEvent::Delta(d)) => {
                 out.push_back(self.chunk(json!({"content": d}), Value::Null));
+                return false;
+            }
+            Relay::Event(CallEvent::Logprobs(l)) => {
+                let c = self.chunk_with(json!({}), Value::Null, json!({"content": l}));
+                out.push_back(c);
                 return false;
             }
             Relay::Event(CallEvent::ToolCall(t)) => {

@@ -43,15 +43,19 @@ pub fn read(mut rest: Map<String, Value>) -> Result<Forwarded> {
             return Err(Error::invalid(k, why));
         }
     }
-    if rest
-        .get("logprobs")
-        .is_some_and(|v| v != &Value::Bool(false))
-        || rest.contains_key("top_logprobs")
-    {
-        return Err(Error::invalid(
-            "logprobs",
-            "log probabilities are not relayed",
-        ));
+    if rest.get("logprobs").is_some_and(|v| !v.is_boolean()) {
+        return Err(Error::invalid("logprobs", "must be a boolean"));
+    }
+    if let Some(t) = rest.get("top_logprobs") {
+        if !t
+            .as_f64()
+            .is_some_and(|n| n.fract() == 0.0 && (0.0..=20.0).contains(&n))
+        {
+            return Err(Error::invalid(
+                "top_logprobs",
+                "must be an integer between 0 and 20",
+            ));
+        }
     }
     let mut out = Forwarded::default();
     if let Some(t) = rest.get("tools") {
@@ -79,7 +83,10 @@ pub fn read(mut rest: Map<String, Value>) -> Result<Forwarded> {
             }
         }
     }
-    if rest.get("seed").is_some_and(|v| !v.is_i64() && !v.is_u64()) {
+    if rest
+        .get("seed")
+        .is_some_and(|v| !v.as_f64().is_some_and(|n| n.fract() == 0.0))
+    {
         return Err(Error::invalid("seed", "must be an integer"));
     }
     if rest
@@ -262,5 +269,7 @@ pub fn overrides(props: &mut Value) {
     props["user"] = serde_json::json!({"type": ["string", "null"], "maxLength": 256});
     props["logit_bias"] = serde_json::json!({"type": ["object", "null"], "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}});
     props["metadata"] = serde_json::json!({"type": ["object", "null"], "additionalProperties": {"type": "string", "maxLength": 512}});
-    props["logprobs"] = serde_json::json!({"type": ["boolean", "null"], "enum": [false, null]});
+    props["logprobs"] = serde_json::json!({"type": ["boolean", "null"]});
+    props["top_logprobs"] =
+        serde_json::json!({"type": ["integer", "null"], "minimum": 0, "maximum": 20});
 }

@@ -30,6 +30,23 @@ struct WireChoice {
     message: Option<WireMessage>,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<WireLogprobs>,
+}
+
+#[derive(Deserialize)]
+struct WireLogprobs {
+    #[serde(default)]
+    content: Option<serde_json::Value>,
+}
+
+impl WireChoice {
+    /// The choice's log probabilities, if it has any.
+    fn logprobs(&mut self) -> Option<StreamEvent> {
+        let items = self.logprobs.take()?.content?;
+        let any = items.as_array().is_some_and(|a| !a.is_empty());
+        any.then_some(StreamEvent::Logprobs(items))
+    }
 }
 
 #[derive(Deserialize)]
@@ -145,10 +162,12 @@ impl State {
             ))));
             return true;
         }
-        if let Some(choice) = chunk.choices.into_iter().next() {
+        if let Some(mut choice) = chunk.choices.into_iter().next() {
+            let logprobs = choice.logprobs();
             if let Some(d) = choice.delta {
                 d.events(&mut self.out);
             }
+            self.out.extend(logprobs.map(Ok));
             if choice.finish_reason.is_some() {
                 self.finish_reason = choice.finish_reason;
             }
@@ -225,12 +244,14 @@ pub(super) fn full_completion_events(body: &[u8]) -> Result<Vec<StreamEvent>, Pr
     })?;
     let mut events = Vec::new();
     let mut finish_reason = None;
-    if let Some(choice) = c.choices.into_iter().next() {
+    if let Some(mut choice) = c.choices.into_iter().next() {
+        let logprobs = choice.logprobs();
         if let Some(m) = choice.message.or(choice.delta) {
             let mut out = Vec::new();
             m.events(&mut out);
             events.extend(out.into_iter().flatten());
         }
+        events.extend(logprobs);
         finish_reason = choice.finish_reason;
     }
     if let Some(u) = c.usage {

@@ -126,6 +126,8 @@ struct Answer {
     tool_call: Option<(String, String, String)>,
     finish: &'static str,
     include_usage: bool,
+    /// `logprobs: true` was asked: each text piece carries one (made-up) log probability.
+    logprobs: bool,
 }
 
 impl Answer {
@@ -147,7 +149,11 @@ impl Answer {
             "choices": [{
                 "index": 0,
                 "message": self.message(),
-                "logprobs": null,
+                "logprobs": if self.logprobs && self.tool_call.is_none() {
+                    json!({"content": self.deltas.iter().map(|d| logprob(d)).collect::<Vec<_>>()})
+                } else {
+                    Value::Null
+                },
                 "finish_reason": self.finish,
             }],
             "usage": self.usage(self.content().len() as u64),
@@ -187,8 +193,11 @@ impl Answer {
     }
 
     fn delta(&self, delta: Value, finish_reason: Value) -> std::io::Result<Bytes> {
-        let choice =
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]);
+        let logprobs = match delta["content"].as_str() {
+            Some(t) if self.logprobs => json!({"content": [logprob(t)]}),
+            _ => Value::Null,
+        };
+        let choice = json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]);
         self.chunk(choice, Value::Null)
     }
 
@@ -222,6 +231,11 @@ impl Answer {
         frames.push_back((Duration::ZERO, Ok(Bytes::from_static(b"data: [DONE]\n\n"))));
         frames
     }
+}
+
+/// A token's made-up log probability, in OpenAI's shape.
+fn logprob(token: &str) -> Value {
+    json!({"token": token, "logprob": -0.25, "bytes": token.as_bytes(), "top_logprobs": []})
 }
 
 /// Sends `frames` with their pauses; a shutdown ends the body with an error.
@@ -323,6 +337,7 @@ pub(crate) async fn chat_completions(
         tool_call,
         finish,
         include_usage: b.usage && json["stream_options"]["include_usage"].as_bool() == Some(true),
+        logprobs: json["logprobs"] == true,
     };
     if streaming {
         stream_response(answer.frames(&b), cancel)
