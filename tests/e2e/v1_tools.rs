@@ -27,6 +27,15 @@ async fn post(app: &TestApp, key: &str, body: Value) -> (StatusCode, Value) {
     (s, b)
 }
 
+/// The entry of [`MODEL`] in a model list (`{"data": [...]}`).
+fn model_entry(list: &Value) -> Value {
+    let data = list["data"].as_array().expect("a model list");
+    data.iter()
+        .find(|x| x["id"] == MODEL)
+        .cloned()
+        .expect("the model is listed")
+}
+
 /// A one-line request with `fields` set on it is refused with 400 naming `field`.
 async fn refused(app: &TestApp, key: &str, fields: Value, field: &str) {
     let mut req = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
@@ -268,13 +277,7 @@ both!(tool_calls_images_and_json, |app| async move {
         json!({"vision": false, "tools": false, "json": false})
     );
     let (_, _, listed) = node.get("/v1/models", Some(&key)).await;
-    let entry = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == MODEL)
-        .cloned()
-        .unwrap();
+    let entry = model_entry(&listed);
     assert_eq!(entry["capabilities"]["tools"], false, "{entry}");
     let balance = assert_books_balance(&node, u.uid()).await;
     for (extra, field) in [
@@ -297,13 +300,7 @@ both!(tool_calls_images_and_json, |app| async move {
         "refusals charge nothing"
     );
     let (_, _, public) = node.get("/config/models", None).await;
-    let entry = public["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == MODEL)
-        .cloned()
-        .unwrap();
+    let entry = model_entry(&public);
     assert_eq!(
         entry["capabilities"],
         json!({"vision": false, "tools": false, "json": false})

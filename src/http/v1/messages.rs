@@ -68,6 +68,7 @@ pub fn read(input: &[super::InMessage]) -> Result<Messages> {
             w.insert("tool_calls".into(), calls);
             rich = true;
         }
+        out.uses_tools |= role == "tool" || m.tool_calls.is_some();
         if role == "tool" {
             let id = m.tool_call_id.as_deref().unwrap_or_default();
             crate::http::rules::check_len(&format!("messages[{i}].tool_call_id"), id, 1, 256)?;
@@ -82,9 +83,6 @@ pub fn read(input: &[super::InMessage]) -> Result<Messages> {
         out.text.push(ChatMessage::new(role, &text));
         wire.push(Value::Object(w));
     }
-    out.uses_tools = input
-        .iter()
-        .any(|m| m.role == "tool" || m.tool_calls.is_some());
     if rich {
         out.wire = Some(wire);
     }
