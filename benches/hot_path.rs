@@ -61,6 +61,8 @@ fn message(content: &str) -> StoredMessage {
         credits_charged: 3,
         client_msg_id: Some("c-1234567".into()),
         created_at: 1_790_000_000_000,
+        attachments: Vec::new(),
+        extra: None,
     }
 }
 
@@ -300,7 +302,7 @@ fn token_counting(c: &mut Criterion) {
     g.finish();
 }
 
-use questech_engine::conversation::build_context as trim;
+use questech_engine::conversation::{build_context as trim, Past};
 
 fn context(c: &mut Criterion) {
     tokens::warm_up();
@@ -321,24 +323,25 @@ fn context(c: &mut Criterion) {
     // What loading a conversation does once: count every stored message.
     g.bench_function("load_count_200_messages", |b| {
         b.iter(|| {
-            let h: VecDeque<(ChatMessage, u64)> = black_box(&raw)
+            let h: VecDeque<Past> = black_box(&raw)
                 .iter()
-                .map(|m| (m.clone(), tokens::count(&m.content) + 4))
+                .map(|m| Past::text(&m.role, &m.content))
                 .collect();
             black_box(h)
         })
     });
-    let history: VecDeque<(ChatMessage, u64)> = raw
+    let history: VecDeque<Past> = raw
         .iter()
-        .map(|m| (m.clone(), tokens::count(&m.content) + 4))
+        .map(|m| Past::text(&m.role, &m.content))
         .collect();
+    let new = Past::text("user", CONTENT);
     let sp = "You are a helpful assistant who answers briefly.";
     // Per turn: everything fits (128k window) vs. a small window that cuts most history.
     g.bench_function("trim_200_turns_all_fit", |b| {
-        b.iter(|| black_box(trim(&history, Some(sp), CONTENT, 128_000 - 16_384)))
+        b.iter(|| black_box(trim(&history, Some(sp), &new, 128_000 - 16_384, false)))
     });
     g.bench_function("trim_200_turns_4k_budget", |b| {
-        b.iter(|| black_box(trim(&history, Some(sp), CONTENT, 4_096)))
+        b.iter(|| black_box(trim(&history, Some(sp), &new, 4_096, false)))
     });
     g.finish();
 }

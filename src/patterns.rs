@@ -32,12 +32,24 @@ pub mod pattern {
     pub const MODEL_ID: &str = r"^[A-Za-z0-9_.:/-]{1,64}$";
     /// An image given to a model: an https URL or a base64 `data:image/…` URL.
     pub const IMAGE_URL: &str = r"^(https://[^\x00-\x20\x7f-\xa0/?#]+([/?#][^\x00-\x20\x7f-\xa0]*)?|data:image/[a-z0-9.+-]+;base64,[A-Za-z0-9+/=]*)$";
+    /// An image attached to a chat message: an https URL, or an upload's `/static/` path.
+    pub const ATTACHMENT_URL: &str = r"^(https://[^\x00-\x20\x7f-\xa0/?#]+([/?#][^\x00-\x20\x7f-\xa0]*)?|/static/[0-9]{1,20}[.](png|jpg|gif|webp))$";
     /// A function (tool) or JSON schema name.
     pub const TOOL_NAME: &str = r"^[A-Za-z0-9_-]{1,64}$";
 
     /// Every pattern above.
     pub const ALL: &[&str] = &[
-        LABEL, LINE, NOT_BLANK, URL, USERNAME, PHONE, SMS_CODE, MODEL_ID, TOOL_NAME, IMAGE_URL,
+        LABEL,
+        LINE,
+        NOT_BLANK,
+        URL,
+        USERNAME,
+        PHONE,
+        SMS_CODE,
+        MODEL_ID,
+        TOOL_NAME,
+        IMAGE_URL,
+        ATTACHMENT_URL,
     ];
 }
 
@@ -76,5 +88,15 @@ mod tests {
         assert!(!matches(pattern::PHONE, "+0123456789"));
         assert!(matches(pattern::MODEL_ID, "gpt-4o:mini/v1"));
         assert!(!matches(pattern::USERNAME, "ab"));
+        assert!(matches(pattern::ATTACHMENT_URL, "/static/123.png"));
+        assert!(matches(
+            pattern::ATTACHMENT_URL,
+            "https://cdn.example.com/a.png?x=1"
+        ));
+        assert!(!matches(pattern::ATTACHMENT_URL, "/static/../x.png"));
+        assert!(!matches(
+            pattern::ATTACHMENT_URL,
+            "http://cdn.example.com/a.png"
+        ));
     }
 }

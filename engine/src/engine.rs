@@ -245,6 +245,7 @@ impl Engine {
             content: turn.content,
             client_msg_id: turn.client_msg_id,
             model: turn.model,
+            extras: turn.extras,
             ack: ack_tx,
             updates: Some(up_tx),
         };
@@ -438,4 +439,6 @@ pub struct SendTurnRequest {
     pub content: String,
     pub client_msg_id: Option<String>,
     pub model: Option<String>,
+    /// Images, a wire form, per-turn fields (the Responses API), if any.
+    pub extras: Option<Box<crate::conversation::TurnExtras>>,
 }

@@ -22,6 +22,25 @@ pub struct MsgUsage {
     pub completion_tokens: i64,
 }
 
+/// An image of a message (SPEC §7): an upload of the sender's (`/static/…`) or an `https` URL.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub url: String,
+}
+
+/// What a message holds beyond its text that is not shown as such: its OpenAI wire form and,
+/// for a turn of the Responses API, that API's own record of the request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MessageExtra {
+    /// The messages sent upstream in this one's place (images as the model gets them, tool
+    /// calls, tool results, several input items); `None`: the role and the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<Vec<serde_json::Value>>,
+    /// The Responses API's record (input items as given, instructions, tools, metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<serde_json::Value>,
+}
+
 /// A stored chat message (SPEC §7 message object).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StoredMessage {
@@ -39,6 +58,47 @@ pub struct StoredMessage {
     pub client_msg_id: Option<String>,
     #[serde(serialize_with = "ser_time")]
     pub created_at: i64,
+    /// Its images.
+    pub attachments: Vec<Attachment>,
+    /// Not shown: see [`MessageExtra`].
+    #[serde(skip)]
+    pub extra: Option<std::sync::Arc<MessageExtra>>,
+}
+
+impl StoredMessage {
+    /// The images and extra as the `meta` JSON column stores them (`None` when there are none).
+    pub fn meta_json(&self) -> Option<String> {
+        if self.attachments.is_empty() && self.extra.is_none() {
+            return None;
+        }
+        let mut v = serde_json::json!({});
+        if !self.attachments.is_empty() {
+            v["attachments"] = serde_json::json!(self.attachments);
+        }
+        if let Some(e) = &self.extra {
+            if let Some(w) = &e.wire {
+                v["wire"] = serde_json::json!(w);
+            }
+            if let Some(r) = &e.response {
+                v["response"] = r.clone();
+            }
+        }
+        Some(v.to_string())
+    }
+
+    /// Reads the `meta` column back into `attachments` and `extra`.
+    pub fn set_meta(&mut self, meta: Option<&str>) {
+        let Some(v) = meta.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()) else {
+            return;
+        };
+        if let Ok(a) = serde_json::from_value::<Vec<Attachment>>(v["attachments"].clone()) {
+            self.attachments = a;
+        }
+        let extra: MessageExtra = serde_json::from_value(v).unwrap_or_default();
+        if extra.wire.is_some() || extra.response.is_some() {
+            self.extra = Some(std::sync::Arc::new(extra));
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]

@@ -48,6 +48,10 @@ pub struct ChatRequest {
     pub wire: Option<Arc<WireExtras>>,
     /// What a model must be able to do to answer it (fallbacks that cannot are skipped).
     pub needs: Caps,
+    /// An embeddings request instead of a chat: the body's fields beside `model` (`input`,
+    /// `encoding_format`, `dimensions`, `user`, ...), forwarded as given. The answer comes as
+    /// one [`StreamEvent::Embeddings`].
+    pub embed: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// The parts of an OpenAI-compatible request the engine does not interpret, only forwards.
@@ -70,12 +74,18 @@ pub struct Caps {
     pub tools: bool,
     /// Structured output (`response_format` `json_object` / `json_schema`).
     pub json: bool,
+    /// Creates embeddings (`POST /v1/embeddings`).
+    #[serde(default)]
+    pub embeddings: bool,
 }
 
 impl Caps {
     /// Whether a model with these capabilities can do everything `needs` asks for.
     pub fn covers(self, needs: Caps) -> bool {
-        (self.vision || !needs.vision) && (self.tools || !needs.tools) && (self.json || !needs.json)
+        (self.vision || !needs.vision)
+            && (self.tools || !needs.tools)
+            && (self.json || !needs.json)
+            && (self.embeddings || !needs.embeddings)
     }
 }
 
@@ -133,6 +143,8 @@ pub enum StreamEvent {
     ToolCall(ToolCallDelta),
     /// Log probabilities of the tokens just sent (OpenAI's `logprobs.content` items).
     Logprobs(serde_json::Value),
+    /// An embeddings answer's `data` (its vectors, as the provider encoded them).
+    Embeddings(serde_json::Value),
     /// The provider's own token count (OpenAI sends it in the last chunk with
     /// `stream_options.include_usage`).
     Usage(Usage),

@@ -76,7 +76,7 @@ struct ModelFields {
     #[schema(max_items = 8)]
     fallbacks: Option<Vec<ModelId>>,
     enabled: Option<bool>,
-    /// What the model can do beyond text; a create defaults to none, a patch replaces all three.
+    /// What the model can do beyond text; a create defaults to none, a patch replaces them all (one left out is off).
     #[serde(default, deserialize_with = "super::de::opt_object")]
     capabilities: Option<crate::storage::models::Capabilities>,
     /// Lower first in lists.
@@ -247,6 +247,7 @@ async fn create_model(
         cap_vision: 0,
         cap_tools: 0,
         cap_json: 0,
+        cap_embeddings: 0,
     };
     apply(&mut row, Some(body.provider), body.fields)?;
     storage::models::insert(&state.db, &row)

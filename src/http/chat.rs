@@ -192,6 +192,9 @@ struct ChatSend {
     model: Option<String>,
     /// Answer as `text/event-stream` (also chosen by `Accept: text/event-stream`).
     stream: Option<bool>,
+    /// Images, for models that read them: the sender's uploads or `https` URLs.
+    #[schema(max_items = 4)]
+    attachments: Option<Vec<super::attachments::AttachmentIn>>,
 }
 
 #[utoipa::path(post, path = "/conversations/{id}/messages", tag = "chat", params(("id" = String, Path, description = "id")), request_body = ChatSend, responses((status = 200, description = "the turn: `{user_message, assistant_message, charged, balance}` as JSON, or with `stream` (or `Accept: text/event-stream`) its events as SSE", content((Object = "application/json"), (crate::http::sse::SseEvent = "text/event-stream"))), (status = "4XX", description = "error", body = crate::error::ApiError)))]
@@ -204,6 +207,13 @@ async fn send(
 ) -> Result<Response> {
     validate_send(&body.content, body.client_msg_id.as_deref())?;
     let conv = load(&state, &user, &id).await?;
+    let extras = super::attachments::turn_extras(
+        &state,
+        user.user_id,
+        &body.content,
+        body.attachments.as_deref(),
+    )
+    .await?;
     if let Some(m) = &body.model {
         usable_model(&state, m).await?;
     }
@@ -222,6 +232,7 @@ async fn send(
                 content: body.content,
                 client_msg_id: body.client_msg_id.clone(),
                 model: body.model,
+                extras,
             },
         )
         .await?;

@@ -6,6 +6,7 @@ pub mod admin_content;
 pub mod admin_users;
 pub mod api_keys;
 pub mod apple;
+pub mod attachments;
 pub mod chat;
 pub mod content;
 pub(crate) mod de;

@@ -142,7 +142,7 @@ impl Drop for PartFile {
 #[utoipa::path(post, path = "/common/upload", tag = "upload", request_body(content = UploadForm, content_type = "multipart/form-data"), responses((status = 201, description = "stored", body = Uploaded), (status = "4XX", description = "error (413 over MAX_UPLOAD_BYTES, 400 not an image)", body = crate::error::ApiError)))]
 async fn upload(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     headers: HeaderMap,
     multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<Response> {
@@ -169,7 +169,17 @@ async fn upload(
     if result.is_err() {
         drain(&mut multipart).await;
     }
-    Ok((StatusCode::CREATED, Json(result?)).into_response())
+    let uploaded = result?;
+    let name = uploaded.url.trim_start_matches("/static/");
+    crate::storage::uploads::record(
+        &state.db,
+        name,
+        user.user_id,
+        &uploaded.content_type,
+        uploaded.size,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(uploaded)).into_response())
 }
 
 /// Reads the form up to its `file` field and stores that.

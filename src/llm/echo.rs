@@ -72,6 +72,10 @@ impl Provider for EchoProvider {
 
     fn stream(&self, req: ChatRequest) -> BoxFuture<'static, Result<EventStream, ProviderError>> {
         let delay = self.delay;
+        if let Some(fields) = &req.embed {
+            let events = super::echo_embed::events(fields);
+            return Box::pin(async move { Ok(stream::iter(events.into_iter().map(Ok)).boxed()) });
+        }
         Box::pin(async move {
             let prompt_tokens = tokens::count_messages(&req.messages);
             let (deltas, finish) = plan(&req);

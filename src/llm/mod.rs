@@ -3,6 +3,7 @@
 //! incremental SSE parser they share ([`sse`]).
 
 pub mod echo;
+mod echo_embed;
 pub mod openai;
 pub mod sse;
 
@@ -32,7 +33,8 @@ pub fn build_providers(cfg: &Config, echo_delay: Duration) -> HashMap<String, Ar
     for (name, key, base_url) in remote {
         let Some(key) = key else { continue };
         match openai::OpenAiCompatible::new(name, base_url.as_str(), Some(key.0.clone())) {
-            Ok(p) => {
+            Ok(mut p) => {
+                p.uploads = Some(cfg.upload_dir.clone());
                 providers.insert(name.into(), Arc::new(p));
             }
             Err(e) => {

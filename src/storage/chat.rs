@@ -60,13 +60,16 @@ pub struct MessageRow {
     pub credits_charged: i64,
     pub client_msg_id: Option<String>,
     pub created_at: i64,
+    /// Images and the wire form, as JSON ([`StoredMessage::meta_json`]).
+    #[sqlx(try_from = "super::OptText")]
+    pub meta: Option<String>,
 }
 
-pub(super) const MSG_COLS: &str = "id, conversation_id, seq, role, content, status, model, prompt_tokens, completion_tokens, credits_charged, client_msg_id, created_at";
+pub(super) const MSG_COLS: &str = "id, conversation_id, seq, role, content, status, model, prompt_tokens, completion_tokens, credits_charged, client_msg_id, created_at, meta";
 
 impl From<MessageRow> for StoredMessage {
     fn from(m: MessageRow) -> Self {
-        StoredMessage {
+        let mut out = StoredMessage {
             id: m.id,
             conversation_id: m.conversation_id,
             seq: m.seq,
@@ -81,7 +84,11 @@ impl From<MessageRow> for StoredMessage {
             credits_charged: m.credits_charged,
             client_msg_id: m.client_msg_id,
             created_at: m.created_at,
-        }
+            attachments: Vec::new(),
+            extra: None,
+        };
+        out.set_meta(m.meta.as_deref());
+        out
     }
 }
 
@@ -352,4 +359,31 @@ pub async fn release_stale(db: &Db, node_id: &str) -> Result<u64> {
     .execute(&db.write)
     .await?;
     Ok(n)
+}
+
+/// One message by id, with the conversation's owner (read from the primary: a reply just
+/// stored must be found).
+pub async fn message_with_owner(db: &Db, id: i64) -> Result<Option<(StoredMessage, i64)>> {
+    let mut conn = db.write.acquire().await?;
+    let Some(m) = message_by_id(&mut conn, id).await? else {
+        return Ok(None);
+    };
+    let owner: Option<i64> =
+        sqlx::query_scalar("SELECT user_id FROM conversations WHERE id = ? AND deleted_at IS NULL")
+            .bind(m.conversation_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(owner.map(|o| (m, o)))
+}
+
+/// The message at `seq` of a conversation.
+pub async fn message_at(db: &Db, conversation_id: i64, seq: i64) -> Result<Option<StoredMessage>> {
+    let row: Option<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND seq = ?"
+    ))
+    .bind(conversation_id)
+    .bind(seq)
+    .fetch_optional(&db.write)
+    .await?;
+    Ok(row.map(Into::into))
 }

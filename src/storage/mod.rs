@@ -13,6 +13,7 @@ pub mod chat;
 pub mod ledger;
 pub mod models;
 pub mod sessions;
+pub mod uploads;
 pub mod usage;
 pub mod users;
 pub mod writer;

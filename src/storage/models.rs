@@ -33,19 +33,27 @@ pub struct ModelRow {
     pub cap_tools: i64,
     #[serde(default)]
     pub cap_json: i64,
+    #[serde(default)]
+    pub cap_embeddings: i64,
 }
 
-const COLS: &str = "id, provider, upstream_model, display_name, context_window, max_output_tokens, prompt_per_1k, completion_per_1k, per_request, fallbacks, enabled, sort_order, created_at, updated_at, cap_vision, cap_tools, cap_json";
+const COLS: &str = "id, provider, upstream_model, display_name, context_window, max_output_tokens, prompt_per_1k, completion_per_1k, per_request, fallbacks, enabled, sort_order, created_at, updated_at, cap_vision, cap_tools, cap_json, cap_embeddings";
 
 /// What a model can do beyond text (SPEC §6): admin-set, shown in every model list.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Capabilities {
     /// Reads `image_url` content parts.
+    #[serde(default)]
     pub vision: bool,
     /// Function calling (`tools`).
+    #[serde(default)]
     pub tools: bool,
     /// Structured output (`response_format` `json_object` and `json_schema`).
+    #[serde(default)]
     pub json: bool,
+    /// Creates embeddings (`POST /v1/embeddings`).
+    #[serde(default)]
+    pub embeddings: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -112,6 +120,7 @@ impl ModelRow {
             vision: self.cap_vision != 0,
             tools: self.cap_tools != 0,
             json: self.cap_json != 0,
+            embeddings: self.cap_embeddings != 0,
         }
     }
 
@@ -119,6 +128,7 @@ impl ModelRow {
         self.cap_vision = i64::from(c.vision);
         self.cap_tools = i64::from(c.tools);
         self.cap_json = i64::from(c.json);
+        self.cap_embeddings = i64::from(c.embeddings);
     }
 
     pub fn admin_view(&self) -> AdminModelView {
@@ -151,6 +161,7 @@ impl ModelRow {
                 vision: self.cap_vision != 0,
                 tools: self.cap_tools != 0,
                 json: self.cap_json != 0,
+                embeddings: self.cap_embeddings != 0,
             },
         }
     }
@@ -175,7 +186,7 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<ModelRow>> {
 
 pub async fn insert(db: &Db, m: &ModelRow) -> Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO models ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO models ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&m.id)
     .bind(&m.provider)
@@ -194,6 +205,7 @@ pub async fn insert(db: &Db, m: &ModelRow) -> Result<()> {
     .bind(m.cap_vision)
     .bind(m.cap_tools)
     .bind(m.cap_json)
+    .bind(m.cap_embeddings)
     .execute(&db.write)
     .await?;
     Ok(())
@@ -203,7 +215,7 @@ pub async fn update(db: &Db, m: &ModelRow) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE models SET provider = ?, upstream_model = ?, display_name = ?, context_window = ?, max_output_tokens = ?, \
          prompt_per_1k = ?, completion_per_1k = ?, per_request = ?, fallbacks = ?, enabled = ?, sort_order = ?, \
-         cap_vision = ?, cap_tools = ?, cap_json = ?, updated_at = ? WHERE id = ?",
+         cap_vision = ?, cap_tools = ?, cap_json = ?, cap_embeddings = ?, updated_at = ? WHERE id = ?",
     )
     .bind(&m.provider)
     .bind(&m.upstream_model)
@@ -219,6 +231,7 @@ pub async fn update(db: &Db, m: &ModelRow) -> Result<bool> {
     .bind(m.cap_vision)
     .bind(m.cap_tools)
     .bind(m.cap_json)
+    .bind(m.cap_embeddings)
     .bind(now_ms())
     .bind(&m.id)
     .execute(&db.write)
@@ -256,7 +269,7 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
             2.0,
             0,
             0,
-            (0, 0, 0),
+            (0, 0, 0, 1),
         ),
         (
             "gpt-4o-mini",
@@ -269,7 +282,7 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
             0.6,
             1,
             1,
-            (1, 1, 1),
+            (1, 1, 1, 0),
         ),
         (
             "deepseek-chat",
@@ -282,7 +295,7 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
             1.1,
             1,
             2,
-            (0, 1, 1),
+            (0, 1, 1, 0),
         ),
     ];
     for (id, provider, upstream, name, ctx, max_out, pp, cp, per_req, order, caps) in seeds {
@@ -304,6 +317,7 @@ pub async fn seed(db: &Db, configured: impl Fn(&str) -> bool) -> Result<()> {
             cap_vision: caps.0,
             cap_tools: caps.1,
             cap_json: caps.2,
+            cap_embeddings: caps.3,
         };
         // Two nodes seeding at once: the loser's duplicate key is fine.
         if let Err(e) = insert(db, &row).await {

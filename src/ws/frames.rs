@@ -24,6 +24,9 @@ pub enum ClientFrame {
         conversation_id: String,
         content: String,
         model: Option<String>,
+        /// Images (SPEC §7).
+        #[serde(default)]
+        attachments: Option<Vec<crate::http::attachments::AttachmentIn>>,
     },
     #[serde(rename = "chat.cancel")]
     Cancel { conversation_id: String },
@@ -88,7 +91,16 @@ pub(super) async fn handle_frame(
             conversation_id,
             content,
             model,
-        } => send(state, user, tx, id, &conversation_id, content, model).await,
+            attachments,
+        } => {
+            let turn = Turn {
+                id,
+                content,
+                model,
+                attachments,
+            };
+            send(state, user, tx, &conversation_id, turn).await
+        }
         ClientFrame::Cancel { conversation_id } => {
             let Ok(conv) = parse_id(&conversation_id, "conversation") else {
                 return Some(protocol_error("not_found", "conversation not found"));
@@ -145,16 +157,28 @@ async fn sync(
     })
 }
 
+/// What `chat.send` asks for.
+struct Turn {
+    id: Option<String>,
+    content: String,
+    model: Option<String>,
+    attachments: Option<Vec<crate::http::attachments::AttachmentIn>>,
+}
+
 /// `chat.send`: starts the turn; the ack is awaited off the read loop.
 async fn send(
     state: &AppState,
     user: &AuthUser,
     tx: &mpsc::Sender<Bytes>,
-    id: Option<String>,
     conversation_id: &str,
-    content: String,
-    model: Option<String>,
+    turn: Turn,
 ) -> Option<Frame> {
+    let Turn {
+        id,
+        content,
+        model,
+        attachments,
+    } = turn;
     let conv = match parse_id(conversation_id, "conversation") {
         Ok(c) => c,
         Err(e) => return Some(chat_error(id, 0, &e)),
@@ -162,6 +186,17 @@ async fn send(
     if let Err(e) = validate_send(&content, id.as_deref()) {
         return Some(chat_error(id, conv, &e));
     }
+    let extras = crate::http::attachments::turn_extras(
+        state,
+        user.user_id,
+        &content,
+        attachments.as_deref(),
+    )
+    .await;
+    let extras = match extras {
+        Ok(x) => x,
+        Err(e) => return Some(chat_error(id, conv, &e)),
+    };
     let handle = state
         .engine
         .send_chat(
@@ -172,6 +207,7 @@ async fn send(
                 content,
                 client_msg_id: id.clone(),
                 model,
+                extras,
             },
         )
         .await;

@@ -19,7 +19,8 @@ const CONV_KEYS: [&str; 7] = [
     "updated_at",
 ];
 
-const MSG_KEYS: [&str; 11] = [
+const MSG_KEYS: [&str; 12] = [
+    "attachments",
     "client_msg_id",
     "content",
     "conversation_id",

@@ -150,6 +150,8 @@ fn message(id: i64, conversation_id: i64, role: &str, text: &str) -> StoredMessa
         credits_charged: 0,
         client_msg_id: None,
         created_at: questech::time::now_ms(),
+        attachments: Vec::new(),
+        extra: None,
     }
 }
 

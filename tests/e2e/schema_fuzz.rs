@@ -99,7 +99,7 @@ async fn the_document_is_what_the_server_does() {
     // allows (images, tools, structured output), so that a schema-valid request is not refused
     // for asking a model what it cannot do (a 400 that depends on the model, not the shape).
     // And a window no body under the size limit can overflow (each image reserves 1,445 tokens).
-    let all = json!({"capabilities": {"vision": true, "tools": true, "json": true},
+    let all = json!({"capabilities": {"vision": true, "tools": true, "json": true, "embeddings": true},
         "context_window": 10_000_000});
     let (s, _, b) = app
         .patch("/admin/models/echo", Some(&admin.access), Some(all))

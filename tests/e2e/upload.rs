@@ -38,7 +38,7 @@ async fn upload_raw(app: &TestApp, token: Option<&str>, body: Vec<u8>) -> (Statu
     (s, b)
 }
 
-async fn upload(
+pub(crate) async fn upload(
     app: &TestApp,
     token: &str,
     filename: &str,
@@ -48,7 +48,7 @@ async fn upload(
     upload_raw(app, Some(token), form("file", filename, ct, data)).await
 }
 
-fn png(len: usize) -> Vec<u8> {
+pub(crate) fn png(len: usize) -> Vec<u8> {
     let mut v = vec![
         0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, b'I', b'H', b'D', b'R',
     ];

@@ -274,7 +274,7 @@ both!(tool_calls_images_and_json, |app| async move {
     assert_eq!(s, StatusCode::OK, "{m}");
     assert_eq!(
         m["capabilities"],
-        json!({"vision": false, "tools": false, "json": false})
+        json!({"vision": false, "tools": false, "json": false, "embeddings": false})
     );
     let (_, _, listed) = node.get("/v1/models", Some(&key)).await;
     let entry = model_entry(&listed);
@@ -303,6 +303,6 @@ both!(tool_calls_images_and_json, |app| async move {
     let entry = model_entry(&public);
     assert_eq!(
         entry["capabilities"],
-        json!({"vision": false, "tools": false, "json": false})
+        json!({"vision": false, "tools": false, "json": false, "embeddings": false})
     );
 });

@@ -1,6 +1,6 @@
 """Drives Questech's /v1 with the official OpenAI Python SDK (run by tests/e2e/openai_python.rs).
 
-Usage: openai_sdk.py <base_url> <api_key> <model>. Exits non-zero, with the reason, on the first
+Usage: openai_sdk.py <base_url> <api_key> <model> <embedding model>. Exits non-zero, with the reason, on the first
 answer that is not what OpenAI's own API would give; prints one JSON line of findings at the end.
 """
 
@@ -9,7 +9,7 @@ import sys
 
 import openai
 
-base_url, api_key, model = sys.argv[1:4]
+base_url, api_key, model, embedding_model = sys.argv[1:5]
 client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 QUESTION = "Weather in Paris?"
 TOOLS = [{
@@ -89,6 +89,46 @@ try:
     sys.exit("FAILED: a bad tool_choice was accepted")
 except openai.BadRequestError as e:
     check("tool_choice" in str(e), str(e))
+
+# Embeddings: the SDK asks for base64 by default and decodes it; floats when asked.
+e = client.embeddings.create(model=embedding_model, input=["hello world", "three word text"])
+check(len(e.data) == 2 and all(len(d.embedding) == 8 for d in e.data), f"embeddings {e}")
+check(e.usage.prompt_tokens == 5, f"embedding usage {e.usage}")
+f = client.embeddings.create(model=embedding_model, input="hello world", encoding_format="float")
+check(all(abs(a - b) < 1e-6 for a, b in zip(f.data[0].embedding, e.data[0].embedding)),
+      "base64 and floats agree")
+
+# A Responses chain of three turns; the third from a second client, streamed with the helper.
+r1 = client.responses.create(model=model, input="First question", instructions="Be brief")
+check(r1.output_text == "Hello from fake upstream", f"responses text {r1.output_text!r}")
+r2 = client.responses.create(model=model, input="Second question", previous_response_id=r1.id)
+check(r2.previous_response_id == r1.id, "chained")
+other = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+with other.responses.stream(model=model, input="Third question",
+                            previous_response_id=r2.id) as s:
+    streamed = "".join(ev.delta for ev in s if ev.type == "response.output_text.delta")
+    final = s.get_final_response()
+check(streamed == final.output_text == "Hello from fake upstream", f"stream {streamed!r}")
+got = client.responses.retrieve(final.id)
+check(got.output_text == streamed and got.status == "completed", f"retrieve {got}")
+items = client.responses.input_items.list(final.id)
+check(items.data[0].content[0].text == "Third question", f"input items {items}")
+
+# A function tool through the Responses API, and its output back.
+rtools = [{"type": "function", "name": "get_weather", "description": "The weather",
+           "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]
+rt = client.responses.create(model=model, input=QUESTION, tools=rtools)
+fc = [o for o in rt.output if o.type == "function_call"][0]
+check(fc.name == "get_weather" and json.loads(fc.arguments) == {"query": QUESTION}, f"{fc}")
+rt2 = client.responses.create(model=model, previous_response_id=rt.id, tools=rtools, input=[
+    {"type": "function_call_output", "call_id": fc.call_id, "output": "sunny"}])
+check(rt2.output_text == "The tool said: sunny", rt2.output_text)
+client.responses.delete(final.id)
+try:
+    client.responses.retrieve(final.id)
+    sys.exit("FAILED: a deleted response was found")
+except openai.NotFoundError:
+    pass
 
 print(json.dumps({"ok": True, "sdk": openai.__version__, "tool_call_id": call.id,
                   "stream_usage": usage.model_dump()}))

@@ -29,9 +29,37 @@ use crate::ports::ModelInfo;
 use crate::tokens;
 
 mod context;
+mod prepare;
 mod turn;
 
-pub use context::build_context;
+pub use context::{build_context, Context, Past, IMAGE_TOKENS};
+
+/// What a turn carries beyond a text message: images, the message's wire form, and the
+/// per-turn request fields of the Responses API.
+#[derive(Clone, Debug, Default)]
+pub struct TurnExtras {
+    /// The message's images, as shown.
+    pub attachments: Vec<crate::events::Attachment>,
+    /// The message as it goes upstream (images as the model gets them, tool results, several
+    /// input items); `None`: its role and text.
+    pub wire: Option<Vec<serde_json::Value>>,
+    /// Its images' tokens (kept with it in the history).
+    pub image_tokens: u64,
+    /// This turn's other prompt tokens (tool definitions).
+    pub request_tokens: u64,
+    /// In place of the conversation's system prompt, for this turn.
+    pub instructions: Option<String>,
+    /// Request fields forwarded upstream (`tools`, `tool_choice`, `response_format`, ...).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// What the model must be able to do.
+    pub needs: crate::llm::Caps,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// Stored with the user's message and with the reply (the Responses API's records).
+    pub user_record: Option<serde_json::Value>,
+    pub reply_record: Option<serde_json::Value>,
+}
 
 /// The first answer to a send.
 #[derive(Debug)]
@@ -61,6 +89,7 @@ pub struct SendTurn {
     pub content: String,
     pub client_msg_id: Option<String>,
     pub model: Option<String>,
+    pub extras: Option<Box<TurnExtras>>,
     pub ack: oneshot::Sender<Result<Ack, EngineError>>,
     pub updates: Option<mpsc::UnboundedSender<Frame>>,
 }
@@ -102,7 +131,7 @@ struct Loaded {
     model: String,
     system_prompt: Option<String>,
     /// Recent complete turns, oldest first, each with its token count.
-    history: VecDeque<(ChatMessage, u64)>,
+    history: VecDeque<Past>,
     /// The seq of the newest stored message this cache knows. Another node may store turns
     /// of the same conversation: a turn whose message is not `last_seq + 1` finds the cache
     /// behind and reloads it (SPEC §13).
@@ -110,18 +139,19 @@ struct Loaded {
 }
 
 impl Loaded {
-    /// A turn's context for `model`: the system prompt, then the newest turns that fit the
-    /// model's window less its output, then the new message; and its prompt token count.
-    fn context(&self, model: &ModelInfo, content: &str) -> (Vec<ChatMessage>, u64) {
+    /// A turn's context for `model`: the system prompt (or the turn's `instructions`), then
+    /// the newest turns that fit the model's window less its output, then the new message.
+    fn context(&self, model: &ModelInfo, new: &Past, instructions: Option<&str>) -> Context {
         let budget = model
             .context_window
             .saturating_sub(model.max_output_tokens)
             .max(1);
         build_context(
             &self.history,
-            self.system_prompt.as_deref(),
-            content,
+            instructions.or(self.system_prompt.as_deref()),
+            new,
             budget,
+            model.caps.vision,
         )
     }
 }
@@ -136,7 +166,10 @@ struct Turn {
     /// Where it goes and what it reserved.
     plan: Plan,
     reservation_id: i64,
-    user_content: String,
+    /// The user's message as context.
+    user: Past,
+    /// Its per-turn fields, the reply's record.
+    extras: Option<Box<TurnExtras>>,
     /// What the upstream did so far.
     collector: Collector,
     /// Index of the next delta.
@@ -256,6 +289,30 @@ impl Actor for Conversation {
     }
 }
 
+/// A stored message as context (`None`: nothing to send, an empty reply).
+fn past(m: StoredMessage) -> Option<Past> {
+    let wire = m.extra.as_ref().and_then(|e| e.wire.clone());
+    if m.content.is_empty() && wire.is_none() {
+        return None;
+    }
+    let images = m.attachments.len() as u64 * IMAGE_TOKENS;
+    let wire_tokens = wire.as_ref().map_or(0, |w| {
+        w.iter()
+            .map(|x| match &x["tool_calls"] {
+                serde_json::Value::Array(calls) => {
+                    tokens::count(&serde_json::to_string(calls).unwrap_or_default())
+                }
+                _ => 0,
+            })
+            .sum()
+    });
+    Some(Past {
+        msg: ChatMessage::new(&m.role, &m.content),
+        tokens: tokens::count(&m.content) + 4 + images + wire_tokens,
+        wire: wire.map(Into::into),
+    })
+}
+
 impl ConvState {
     fn engine(&self) -> Engine {
         Engine(self.core.clone())
@@ -283,11 +340,8 @@ impl ConvState {
         let history = snap
             .history
             .into_iter()
-            .filter(|m| m.seq < before_seq && !m.content.is_empty())
-            .map(|m| {
-                let t = tokens::count(&m.content) + 4;
-                (ChatMessage::new(&m.role, &m.content), t)
-            })
+            .filter(|m| m.seq < before_seq)
+            .filter_map(past)
             .collect();
         Ok(Loaded {
             user_id: snap.user_id,

@@ -9,15 +9,15 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, ConvMsg, ConvState, SendTurn, Turn, HISTORY_KEEP};
+use std::sync::Arc;
+
+use super::{Ack, ConvMsg, ConvState, SendTurn, Turn, TurnExtras, HISTORY_KEEP};
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::events::{Credits, ErrorBody, Frame, MsgUsage, StoredMessage};
-use crate::llm::{ChatMessage, ChatRequest};
-use crate::meter::{bill, retry_once, Bill, Collector, Content, End, Plan, TurnStatus};
+use crate::events::{Credits, ErrorBody, Frame, MessageExtra, MsgUsage, StoredMessage};
+use crate::meter::{bill, retry_once, Bill, Collector, Content, End, TurnStatus};
 use crate::pool::JobEvent;
-use crate::ports::{BeginOutcome, BeginTurn, FinishTurn};
-use crate::tokens;
+use crate::ports::{BeginOutcome, FinishTurn};
 
 type AckTx = oneshot::Sender<Result<Ack, EngineError>>;
 
@@ -57,12 +57,19 @@ impl ConvState {
             content,
             client_msg_id,
             model,
+            extras,
             ack,
             updates,
         } = send;
         let engine = self.engine();
-        let (plan, user_message) = match self
-            .prepare(user_id, &content, client_msg_id.as_ref(), model)
+        let (plan, user_message, user) = match self
+            .prepare(
+                user_id,
+                &content,
+                client_msg_id.as_ref(),
+                model,
+                extras.as_deref(),
+            )
             .await
         {
             Ok(p) => p,
@@ -96,7 +103,8 @@ impl ConvState {
             Err(e) => return Err((e, ack)),
         };
         let mut plan = plan;
-        self.catch_up(&mut plan, user_message.seq, &content).await;
+        self.catch_up(&mut plan, user_message.seq, &user, extras.as_deref())
+            .await;
         self.turn_in_flight.store(turn_id, Ordering::Relaxed);
         self.core
             .metrics
@@ -128,7 +136,8 @@ impl ConvState {
                 assistant_id,
                 plan,
                 reservation_id,
-                user_content: content,
+                user,
+                extras,
                 collector: Collector::default(),
                 index: 0,
                 _cancel_on_drop: cancel.clone().drop_guard(),
@@ -139,103 +148,6 @@ impl ConvState {
             },
         );
         Ok(())
-    }
-
-    /// Makes the turn's context every stored turn's: when the new message is not the one
-    /// after the newest this cache knows, another node stored turns since; the history is
-    /// reloaded (without the new message) and the context rebuilt in the same window. The
-    /// reservation stays as planned: the charge never exceeds what the user can pay.
-    async fn catch_up(&mut self, plan: &mut Plan, user_seq: i64, content: &str) {
-        let behind = self
-            .loaded
-            .as_ref()
-            .is_some_and(|l| l.last_seq + 1 != user_seq);
-        if behind {
-            match self.load(user_seq).await {
-                Ok(fresh) => {
-                    tracing::debug!(conversation_id = self.id, "context was behind; reloaded");
-                    if let Some(model) = plan.primary() {
-                        let (messages, prompt) = fresh.context(model, content);
-                        for r in &mut plan.routes {
-                            r.request.messages = messages.clone();
-                        }
-                        plan.prompt_local = prompt;
-                    }
-                    self.loaded = Some(fresh);
-                }
-                Err(e) => {
-                    tracing::warn!(conversation_id = self.id, error = %e, "could not reload a context that was behind");
-                }
-            }
-        }
-        if let Some(l) = self.loaded.as_mut() {
-            l.last_seq = user_seq;
-        }
-    }
-
-    /// The first transaction of a turn: lock, reservation and the user's message.
-    fn begin(
-        &self,
-        user_id: i64,
-        turn_id: i64,
-        user_message: StoredMessage,
-        reserve: i64,
-    ) -> BeginTurn {
-        BeginTurn {
-            conversation_id: self.id,
-            user_id,
-            turn_id,
-            node_id: self.core.cfg.node_id.clone(),
-            user_message,
-            reserve,
-            lock_ms: self.core.cfg.turn_lock.as_millis() as i64,
-        }
-    }
-
-    /// Checks that the turn may run (owner, not busy, usable model) and plans it: the context
-    /// that fits the model's window and the routes with their reservation.
-    async fn prepare(
-        &mut self,
-        user_id: i64,
-        content: &str,
-        client_msg_id: Option<&String>,
-        model: Option<String>,
-    ) -> Result<(Plan, StoredMessage), EngineError> {
-        let engine = self.engine();
-        let busy = self.turn.is_some();
-        let in_flight_same = self.turn.as_ref().is_some_and(|t| {
-            t.client_msg_id.is_some() && t.client_msg_id.as_ref() == client_msg_id
-        });
-        let loaded = self.ensure_loaded().await?;
-        if loaded.user_id != user_id {
-            return Err(EngineError::NotFound("conversation not found".into()));
-        }
-        if busy && !in_flight_same {
-            return Err(EngineError::ConversationBusy);
-        }
-        let model_id = model.unwrap_or_else(|| loaded.model.clone());
-        let model = engine.usable_model(&model_id).await?;
-        let (messages, prompt_tokens) = loaded.context(&model, content);
-        let request = ChatRequest {
-            messages,
-            max_tokens: Some(model.max_output_tokens),
-            ..Default::default()
-        };
-        let plan = engine.plan(model, request, prompt_tokens).await;
-        let user_message = StoredMessage {
-            id: crate::ids::next_id(),
-            conversation_id: self.id,
-            seq: 0,
-            role: "user".into(),
-            content: content.to_owned(),
-            status: TurnStatus::Complete.message_status().into(),
-            model: model_id,
-            usage: MsgUsage::default(),
-            credits_charged: 0,
-            client_msg_id: client_msg_id.cloned(),
-            created_at: chrono::Utc::now().timestamp_millis(),
-        };
-        Ok((plan, user_message))
     }
 
     /// Starts the turn's upstream: a task runs the pool and streams back into this mailbox.
@@ -261,6 +173,7 @@ impl ConvState {
             return; // a late event of a finished turn
         };
         let Some(Content::Text(delta)) = turn.collector.push(event) else {
+            // Tool-call pieces are collected; the reply carries them whole.
             if turn.collector.outcome.end.is_some() {
                 self.finish().await;
             }
@@ -317,7 +230,7 @@ impl ConvState {
             }
         };
         if let Some(d) = &done {
-            self.remember(&turn, bill.completion_tokens, d.assistant.seq);
+            self.remember(&turn, &d.assistant);
         }
         let end = match (&done, error) {
             (Some(done), None) => Frame::Done {
@@ -359,6 +272,8 @@ impl ConvState {
             credits_charged: 0,
             client_msg_id: None,
             created_at: chrono::Utc::now().timestamp_millis(),
+            attachments: Vec::new(),
+            extra: reply_extra(out, turn.extras.as_deref()),
         };
         FinishTurn {
             conversation_id: self.id,
@@ -373,32 +288,37 @@ impl ConvState {
     }
 
     /// The turn, stored, becomes context for the next one.
-    fn remember(&mut self, turn: &Turn, completion_tokens: u64, assistant_seq: i64) {
+    fn remember(&mut self, turn: &Turn, assistant: &StoredMessage) {
         let Some(l) = self.loaded.as_mut() else {
             return;
         };
-        l.last_seq = assistant_seq;
-        let text = &turn.collector.outcome.text;
-        l.history.push_back((
-            ChatMessage {
-                role: "user".into(),
-                content: turn.user_content.as_str().into(),
-            },
-            tokens::count(&turn.user_content) + 4,
-        ));
-        if !text.is_empty() {
-            l.history.push_back((
-                ChatMessage {
-                    role: "assistant".into(),
-                    content: text.as_str().into(),
-                },
-                completion_tokens + 4,
-            ));
+        l.last_seq = assistant.seq;
+        l.history.push_back(turn.user.clone());
+        if let Some(p) = super::past(assistant.clone()) {
+            l.history.push_back(p);
         }
         while l.history.len() > HISTORY_KEEP {
             l.history.pop_front();
         }
     }
+}
+
+/// What the reply holds beyond its text: its tool calls in wire form, the turn's record.
+fn reply_extra(
+    out: &crate::meter::Outcome,
+    extras: Option<&TurnExtras>,
+) -> Option<Arc<MessageExtra>> {
+    let wire = (!out.tool_calls.is_empty()).then(|| {
+        let calls: Vec<serde_json::Value> = out.tool_calls.iter().map(|t| t.to_json()).collect();
+        let content = if out.text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            out.text.as_str().into()
+        };
+        vec![serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls})]
+    });
+    let response = extras.and_then(|e| e.reply_record.clone());
+    (wire.is_some() || response.is_some()).then(|| Arc::new(MessageExtra { wire, response }))
 }
 
 /// One frame to every device of the user and to the turn's requester.

@@ -59,6 +59,8 @@ pub struct Outcome {
     pub tool_calls: Vec<ToolCall>,
     /// The tokens' log probabilities, when asked for (OpenAI's `logprobs.content` items).
     pub logprobs: Vec<serde_json::Value>,
+    /// An embeddings answer's `data`.
+    pub embeddings: Option<serde_json::Value>,
     /// The provider's own count, if it gave one.
     pub usage: Option<Usage>,
     /// The route that answered (index into the plan).
@@ -101,6 +103,7 @@ impl Collector {
                 }
                 return Some(Content::Logprobs(l));
             }
+            JobEvent::Embeddings(e) => o.embeddings = Some(e),
             JobEvent::Usage(u) => o.usage = Some(u),
             JobEvent::Done(r) => o.end = Some(End::Done(r)),
             JobEvent::Cancelled => o.end = Some(End::Cancelled),
@@ -177,7 +180,7 @@ pub async fn bill(plan: &Plan, out: &Outcome, partial_reaches_user: bool) -> Bil
             String::new(),
         ),
     };
-    let produced = !out.text.is_empty() || !out.tool_calls.is_empty();
+    let produced = !out.text.is_empty() || !out.tool_calls.is_empty() || out.embeddings.is_some();
     let delivered = produced && (status == TurnStatus::Complete || partial_reaches_user);
     let prompt = out.usage.map_or(plan.prompt_local, |u| u.prompt_tokens);
     let (prompt, completion, charge) = match (status, out.usage) {

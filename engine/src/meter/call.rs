@@ -76,6 +76,8 @@ pub struct Called {
     pub text: String,
     pub tool_calls: Vec<crate::llm::ToolCall>,
     pub logprobs: Vec<serde_json::Value>,
+    /// An embeddings call's `data`.
+    pub embeddings: Option<serde_json::Value>,
     pub charged: i64,
     pub balance: i64,
     /// When the upstream part ended.
@@ -171,6 +173,7 @@ impl Engine {
             text: out.text,
             tool_calls: out.tool_calls,
             logprobs: out.logprobs,
+            embeddings: out.embeddings,
             charged,
             balance,
             ended,

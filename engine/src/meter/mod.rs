@@ -82,7 +82,12 @@ impl Engine {
         let routes = models
             .iter()
             .map(|m| {
-                let max_out = requested.min(m.max_output_tokens).max(1);
+                // An embedding has no output tokens to reserve for.
+                let max_out = if request.embed.is_some() {
+                    0
+                } else {
+                    requested.min(m.max_output_tokens).max(1)
+                };
                 reserve = reserve.max(m.cost(prompt_local, max_out, true));
                 let mut r = request.clone();
                 r.model = m.upstream_model.clone();

@@ -71,6 +71,7 @@ pub enum JobEvent {
     Delta(String),
     ToolCall(crate::llm::ToolCallDelta),
     Logprobs(serde_json::Value),
+    Embeddings(serde_json::Value),
     Usage(Usage),
     /// Normal end.
     Done(Option<String>),

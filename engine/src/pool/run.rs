@@ -201,7 +201,10 @@ impl Job<'_, '_> {
             match next {
                 // Content was handed on above.
                 Some(Ok(
-                    StreamEvent::Delta(_) | StreamEvent::ToolCall(_) | StreamEvent::Logprobs(_),
+                    StreamEvent::Delta(_)
+                    | StreamEvent::ToolCall(_)
+                    | StreamEvent::Logprobs(_)
+                    | StreamEvent::Embeddings(_),
                 )) => {}
                 Some(Ok(StreamEvent::Usage(u))) if delivered => (self.sink)(JobEvent::Usage(u)),
                 Some(Ok(StreamEvent::Usage(u))) => early_usage = Some(u),
@@ -268,13 +271,14 @@ fn classify(slot: &Slot, e: ProviderError) -> Attempt {
     }
 }
 
-/// A stream event that is content (text or a tool call) as the job event it becomes; any
+/// A stream event that is content (text, a tool call, log probabilities, embeddings) as the job event it becomes; any
 /// other event back as it was.
 fn content(ev: StreamEvent) -> Result<StreamEvent, JobEvent> {
     match ev {
         StreamEvent::Delta(d) => Err(JobEvent::Delta(d)),
         StreamEvent::ToolCall(t) => Err(JobEvent::ToolCall(t)),
         StreamEvent::Logprobs(l) => Err(JobEvent::Logprobs(l)),
+        StreamEvent::Embeddings(e) => Err(JobEvent::Embeddings(e)),
         other => Ok(other),
     }
 }

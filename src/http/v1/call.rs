@@ -90,6 +90,7 @@ async fn prepare(state: &AppState, user: &AuthUser, req: Valid) -> Result<(CallS
         stop: req.stop,
         wire,
         needs,
+        embed: None,
     };
     let completion_id = format!("chatcmpl-{}", crate::ids::next_id());
     let chunks = Chunks {
@@ -119,6 +120,7 @@ fn needs(req: &Valid, model: &ModelInfo) -> Result<Caps> {
         vision: !req.messages.images.is_empty(),
         tools: req.forwarded.tools || req.messages.uses_tools,
         json: req.forwarded.json,
+        embeddings: false,
     };
     let id = &model.id;
     if needs.vision && !model.caps.vision {
@@ -154,7 +156,7 @@ fn needs(req: &Valid, model: &ModelInfo) -> Result<Caps> {
 
 /// Runs the call in its own task: from here on it has effects (limits, credits, upstream), and
 /// a client going away must not leave any of them half done.
-fn start(state: &AppState, spec: CallSpec) -> mpsc::UnboundedReceiver<Relay> {
+pub(super) fn start(state: &AppState, spec: CallSpec) -> mpsc::UnboundedReceiver<Relay> {
     let (tx, rx) = mpsc::unbounded_channel::<Relay>();
     let engine = state.engine.clone();
     state.tracker.spawn(async move {
@@ -251,6 +253,6 @@ async fn streamed(
     Ok(with_timing(sse::response(body), timing))
 }
 
-fn ended_early() -> Error {
+pub(super) fn ended_early() -> Error {
     Error::Internal(anyhow::anyhow!("the call ended without an answer"))
 }

@@ -165,7 +165,7 @@ fn tools(v: &Value) -> Result<String> {
 }
 
 /// A function's or schema's optional `description` (a string) and `strict` (a boolean).
-fn described(at: &str, v: Option<&Value>) -> Result<()> {
+pub fn described(at: &str, v: Option<&Value>) -> Result<()> {
     if v.and_then(|v| v.get("description"))
         .is_some_and(|d| !d.is_string())
     {

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use questech_engine::llm::{ChatRequest, EventStream, Provider, ProviderError};
 
+mod images;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -32,6 +33,8 @@ pub struct OpenAiCompatible {
     pub base_url: String,
     pub api_key: Option<String>,
     pub client: reqwest::Client,
+    /// Where this server keeps uploads: images attached from there are sent inline.
+    pub uploads: Option<std::path::PathBuf>,
 }
 
 impl OpenAiCompatible {
@@ -46,6 +49,7 @@ impl OpenAiCompatible {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             api_key,
             client: build_client()?,
+            uploads: None,
         })
     }
 
@@ -126,15 +130,37 @@ impl Provider for OpenAiCompatible {
     }
 
     fn stream(&self, req: ChatRequest) -> BoxFuture<'static, Result<EventStream, ProviderError>> {
+        if let Some(fields) = &req.embed {
+            return self.embed(&req.model, fields);
+        }
+        if let Some(dir) = self.uploads.clone().filter(|_| images::has_local(&req)) {
+            let me = self.clone();
+            return Box::pin(async move {
+                let req = images::inline(req, &dir).await?;
+                me.send_chat(&req).await
+            });
+        }
+        let open = self.send_chat(&req);
+        Box::pin(open)
+    }
+}
+
+impl OpenAiCompatible {
+    /// Sends a chat request; resolves once the upstream answered its status line.
+    fn send_chat(
+        &self,
+        req: &ChatRequest,
+    ) -> impl std::future::Future<Output = Result<EventStream, ProviderError>> + Send + 'static
+    {
         let mut builder = self
             .client
             .post(self.url())
             .header(reqwest::header::ACCEPT, "text/event-stream")
-            .json(&request_body(&req));
+            .json(&request_body(req));
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        Box::pin(async move {
+        async move {
             let resp = builder
                 .send()
                 .await
@@ -158,6 +184,39 @@ impl Provider for OpenAiCompatible {
                 return Ok(stream::iter(events.into_iter().map(Ok)).boxed());
             }
             Ok(sse_events(resp.bytes_stream().boxed()))
+        }
+    }
+
+    /// `POST /embeddings`: one JSON answer, as the events of a stream (the vectors, the
+    /// usage, the end), so that it runs through the pool like a chat.
+    fn embed(
+        &self,
+        model: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> BoxFuture<'static, Result<EventStream, ProviderError>> {
+        let mut body = fields.clone();
+        body.insert("model".into(), model.into());
+        let mut builder = self
+            .client
+            .post(format!("{}/embeddings", self.base_url))
+            .json(&body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        Box::pin(async move {
+            let resp = builder
+                .send()
+                .await
+                .map_err(|e| ProviderError::Network(error_chain(&e)))?;
+            if !resp.status().is_success() {
+                return Err(status_error(resp).await);
+            }
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| ProviderError::Network(error_chain(&e)))?;
+            let events = wire::embedding_events(&body)?;
+            Ok(stream::iter(events.into_iter().map(Ok)).boxed())
         })
     }
 }

@@ -260,3 +260,34 @@ pub(super) fn full_completion_events(body: &[u8]) -> Result<Vec<StreamEvent>, Pr
     events.push(StreamEvent::Done(finish_reason));
     Ok(events)
 }
+
+#[derive(Deserialize)]
+struct WireEmbeddings {
+    data: serde_json::Value,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// A `/embeddings` answer as events: its `data` (vectors as encoded), its usage, the end.
+pub(super) fn embedding_events(body: &[u8]) -> Result<Vec<StreamEvent>, ProviderError> {
+    let e: WireEmbeddings = serde_json::from_slice(body).map_err(|e| {
+        ProviderError::Protocol(format!(
+            "unparsable embeddings ({e}): {}",
+            truncate_chars(&String::from_utf8_lossy(body), 200)
+        ))
+    })?;
+    if !e.data.is_array() {
+        return Err(ProviderError::Protocol(
+            "embeddings without a data list".into(),
+        ));
+    }
+    let mut events = vec![StreamEvent::Embeddings(e.data)];
+    if let Some(u) = e.usage {
+        events.push(StreamEvent::Usage(Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: 0,
+        }));
+    }
+    events.push(StreamEvent::Done(None));
+    Ok(events)
+}

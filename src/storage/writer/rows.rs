@@ -144,7 +144,7 @@ impl<'a> Rows<'a> {
         for chunk in self.messages.chunks(INSERT_CHUNK) {
             let sql = values_sql(
                 &format!("messages ({})", super::super::chat::MSG_COLS),
-                12,
+                13,
                 chunk.len(),
             );
             let mut q = sqlx::query(&sql);
@@ -161,7 +161,8 @@ impl<'a> Rows<'a> {
                     .bind(m.usage.completion_tokens)
                     .bind(*credits)
                     .bind(m.client_msg_id.as_deref())
-                    .bind(m.created_at);
+                    .bind(m.created_at)
+                    .bind(m.meta_json());
             }
             q.execute(&mut *conn).await?;
         }
