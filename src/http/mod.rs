@@ -21,6 +21,7 @@ pub mod toolkit;
 pub mod upload;
 pub mod user;
 pub mod v1;
+pub mod web;
 
 use std::time::Duration;
 
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
     router
         .route("/ws", axum::routing::get(crate::ws::upgrade))
         .merge(ops::docs_routes(api))
+        .merge(web::routes())
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -75,9 +75,11 @@ async fn sleep_unless_cancelled(d: Duration, cancel: &CancellationToken) -> bool
 
 /// The content deltas for a request (after a `max_tokens` cut, one token per chunk) and the
 /// finish reason.
-fn content_deltas(b: &Behavior, max_tokens: Option<u64>) -> (Vec<String>, &'static str) {
+fn content_deltas(b: &Behavior, req: &Value) -> (Vec<String>, &'static str) {
+    let max_tokens = req["max_tokens"].as_u64();
     let mut words: Vec<String> = match &b.reply_words {
         Some(w) => w.clone(),
+        None if b.echo => echo_words(req),
         None => DEFAULT_WORDS
             .iter()
             .cycle()
@@ -92,6 +94,18 @@ fn content_deltas(b: &Behavior, max_tokens: Option<u64>) -> (Vec<String>, &'stat
         }
         _ => (words, "stop"),
     }
+}
+
+/// `"Echo:"`, `" word"`, … of the last user message's text.
+fn echo_words(req: &Value) -> Vec<String> {
+    let last = req["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .map(|m| crate::features::text_of(&m["content"]))
+        .unwrap_or_default();
+    let mut words = vec!["Echo:".to_owned()];
+    words.extend(last.split_whitespace().map(|w| format!(" {w}")));
+    words
 }
 
 /// Records a chat request for the test to inspect (the last [`MAX_RECORDED`] are kept).
@@ -312,7 +326,7 @@ pub(crate) async fn chat_completions(
     if b.hang_after_headers {
         return hang_after_headers(streaming, cancel);
     }
-    let (mut deltas, mut finish) = content_deltas(&b, json["max_tokens"].as_u64());
+    let (mut deltas, mut finish) = content_deltas(&b, &json);
     let call_no = s.ids.fetch_add(1, Ordering::Relaxed);
     let mut tool_call = None;
     match crate::features::reply(&json, call_no) {

@@ -22,7 +22,7 @@ pub enum Reply {
 }
 
 /// The text of a message's content (a string or text parts).
-fn text_of(content: &Value) -> String {
+pub fn text_of(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts

@@ -65,6 +65,9 @@ pub struct Behavior {
     /// Honour `stream_options.include_usage` with a final usage chunk (default true); usage is
     /// `prompt_tokens = 10 × messages`, `completion_tokens = content chunks sent`.
     pub usage: bool,
+    /// Reply `"Echo:"` then `" <word>"` for each word of the last user message (like the
+    /// built-in `echo` model), instead of the default words; `chunk_gap` apart.
+    pub echo: bool,
 }
 
 impl Default for Behavior {
@@ -82,6 +85,7 @@ impl Default for Behavior {
             hang: false,
             hang_after_headers: false,
             usage: true,
+            echo: false,
         }
     }
 }
