@@ -51,7 +51,8 @@ pub async fn track(req: Request, next: Next) -> Response {
     res
 }
 
-/// `GET /metrics`: Prometheus text; needs `Authorization: Bearer <METRICS_TOKEN>` when set.
+/// `GET /metrics`: Prometheus text; needs `Authorization: Bearer <METRICS_TOKEN>` (or an admin's
+/// access token) when `METRICS_TOKEN` is set.
 pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     if let Some(token) = &state.config.metrics_token {
         let given = headers
@@ -59,7 +60,16 @@ pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMa
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.0.as_str()) {
-            return Error::Unauthorized("metrics token required".into()).into_response();
+            // An admin's access token reads them too (the ops console at `/ops`).
+            let admin = match given {
+                Some(t) => crate::auth::authenticate(&state, t)
+                    .await
+                    .and_then(|u| u.require_admin()),
+                None => Err(Error::Unauthorized("metrics token required".into())),
+            };
+            if let Err(e) = admin {
+                return e.into_response();
+            }
         }
     }
     let Some(handle) = install() else {

@@ -232,6 +232,20 @@ both!(
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
+        // The ops console reads them with an admin's access token; a user's is forbidden.
+        let name = uname("scrape");
+        let user = app.register(&name).await;
+        let (s, _, b) = app.get("/metrics", Some(&user.access)).await;
+        assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden");
+        let admin = app.make_admin(&name).await;
+        let res = app
+            .client
+            .get(app.url("/metrics"))
+            .bearer_auth(&admin.access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
     }
 );
 
