@@ -17,6 +17,8 @@ pub struct LedgerRow {
     pub user_id: i64,
     pub delta: i64,
     pub balance_after: i64,
+    /// The row's place in the user's ledger, 1, 2, 3… in commit order (the list's order).
+    pub seq: i64,
     pub reason: String,
     pub note: Option<String>,
     pub ref_id: Option<String>,
@@ -28,9 +30,9 @@ pub struct LedgerRow {
 pub async fn list(db: &Db, user_id: i64, page: Page) -> Result<(Vec<LedgerRow>, i64)> {
     super::paged(
         db,
-        "id, user_id, delta, balance_after, reason, note, ref_id, created_at",
+        "id, user_id, delta, balance_after, seq, reason, note, ref_id, created_at",
         "credit_ledger WHERE user_id = ?",
-        "id DESC",
+        "seq DESC",
         Some(user_id),
         page,
     )
@@ -50,7 +52,7 @@ pub async fn adjust(
 ) -> Result<Option<i64>> {
     let mut tx = db.begin_write().await?;
     let changed = sqlx::query(
-        "UPDATE users SET credits = credits + ?, updated_at = ? WHERE id = ? AND credits + ? >= reserved",
+        "UPDATE users SET credits = credits + ?, ledger_seq = ledger_seq + 1, updated_at = ? WHERE id = ? AND credits + ? >= reserved",
     )
     .bind(delta)
     .bind(now_ms())
@@ -70,17 +72,20 @@ pub async fn adjust(
             Ok(None)
         };
     }
-    let balance: i64 = sqlx::query_scalar("SELECT credits FROM users WHERE id = ?")
-        .bind(user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    // The update holds the user's row lock: `ledger_seq` is this row's place in commit order.
+    let (balance, seq): (i64, i64) =
+        sqlx::query_as("SELECT credits, ledger_seq FROM users WHERE id = ?")
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
     sqlx::query(
-        "INSERT INTO credit_ledger (id, user_id, delta, balance_after, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO credit_ledger (id, user_id, delta, balance_after, seq, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(crate::ids::next_id())
     .bind(user_id)
     .bind(delta)
     .bind(balance)
+    .bind(seq)
     .bind(reason)
     .bind(note)
     .bind(ref_id)

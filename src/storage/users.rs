@@ -89,12 +89,12 @@ pub async fn create(db: &Db, u: NewUser<'_>) -> Result<UserRow> {
     // SQLite's write lock while it checks: two racing registrations cannot both pass.
     let insert = match db.dialect {
         Dialect::MySql => {
-            "INSERT INTO users (id, username, password_hash, nickname, avatar_url, phone_enc, phone_hash, apple_sub, role, disabled, credits, reserved, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, 0, ?, 0, ?, ?)"
+            "INSERT INTO users (id, username, password_hash, nickname, avatar_url, phone_enc, phone_hash, apple_sub, role, disabled, credits, reserved, ledger_seq, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, 0, ?, 0, ?, ?, ?)"
         }
         Dialect::Sqlite => {
-            "INSERT INTO users (id, username, password_hash, nickname, avatar_url, phone_enc, phone_hash, apple_sub, role, disabled, credits, reserved, created_at, updated_at) \
-             SELECT ?, ?, ?, ?, '', ?, ?, ?, ?, 0, ?, 0, ?, ? \
+            "INSERT INTO users (id, username, password_hash, nickname, avatar_url, phone_enc, phone_hash, apple_sub, role, disabled, credits, reserved, ledger_seq, created_at, updated_at) \
+             SELECT ?, ?, ?, ?, '', ?, ?, ?, ?, 0, ?, 0, ?, ?, ? \
              WHERE NOT EXISTS (SELECT 1 FROM users WHERE username = ? COLLATE NOCASE)"
         }
     };
@@ -108,6 +108,7 @@ pub async fn create(db: &Db, u: NewUser<'_>) -> Result<UserRow> {
         .bind(u.apple_sub)
         .bind(u.role)
         .bind(u.signup_bonus)
+        .bind(i64::from(u.signup_bonus > 0))
         .bind(now)
         .bind(now);
     if db.dialect == Dialect::Sqlite {
@@ -126,7 +127,7 @@ pub async fn create(db: &Db, u: NewUser<'_>) -> Result<UserRow> {
     }
     if u.signup_bonus > 0 {
         sqlx::query(
-            "INSERT INTO credit_ledger (id, user_id, delta, balance_after, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, 'signup_bonus', NULL, NULL, ?)",
+            "INSERT INTO credit_ledger (id, user_id, delta, balance_after, seq, reason, note, ref_id, created_at) VALUES (?, ?, ?, ?, 1, 'signup_bonus', NULL, NULL, ?)",
         )
         .bind(crate::ids::next_id())
         .bind(u.id)

@@ -355,11 +355,13 @@ both!(signup_bonus_is_one_ledger_row, |app| async move {
             "id",
             "note",
             "reason",
-            "ref_id"
+            "ref_id",
+            "seq"
         ],
         "{row}"
     );
     assert!(row["id"].is_string(), "{row}");
+    assert_eq!(row["seq"], 1, "the user's first ledger row");
     assert_eq!(row["delta"], 100);
     assert_eq!(row["balance_after"], 100);
     assert_eq!(row["reason"], "signup_bonus");

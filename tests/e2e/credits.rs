@@ -370,3 +370,59 @@ both!(
         assert_credit_invariants(&app, u.uid()).await;
     }
 );
+
+/// Issue 13 defect 3: settlements and grants committed on two nodes at once. The ledger is
+/// listed in commit order (`seq`, assigned under the user's row lock), so walking it oldest
+/// first, every row's `balance_after` is the one before plus its `delta`, and the newest is the
+/// balance. (Row ids are minted per node and are not commit order.)
+const UNLIMITED: [(&str, &str); 2] = [("USER_MAX_INFLIGHT", "0"), ("USER_RPM", "0")];
+
+mysql_only!(
+    ledger_is_in_commit_order_across_nodes,
+    env = [("USER_MAX_INFLIGHT", "0"), ("USER_RPM", "0")],
+    |app| async move {
+        let node_b = app.spawn_node(&UNLIMITED).await;
+        let adm = app.register(&uname("ladm")).await;
+        let adm = app.make_admin(&adm.username).await;
+        let u = app.register(&uname("lseq")).await;
+        let grant_path = format!("/admin/users/{}/credits", u.id);
+        let mut work = Vec::new();
+        for i in 0..24 {
+            let node = if i % 2 == 0 { &app } else { &node_b };
+            let (u, adm, grant_path) = (&u, &adm, &grant_path);
+            work.push(async move {
+                if i % 3 == 0 {
+                    let body = json!({"delta": 7, "reason": "test"});
+                    let (s, _, b) = node.post(grant_path, Some(&adm.access), Some(body)).await;
+                    assert_eq!(s, StatusCode::OK, "{b}");
+                } else {
+                    let conv = conv_id(node, &u.access, "echo").await;
+                    let (s, b) = say(node, &u.access, &conv, &format!("turn {i}")).await;
+                    assert_eq!(s, StatusCode::OK, "{b}");
+                }
+            });
+        }
+        futures::future::join_all(work).await;
+        let (s, _, l) = app
+            .get("/user/credits/ledger?page_size=100", Some(&u.access))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{l}");
+        let mut rows = l["items"].as_array().unwrap().clone();
+        assert_eq!(rows.len() as u64, l["total"].as_u64().unwrap());
+        assert!(rows.len() >= 9, "grants and charges: {l}");
+        rows.reverse();
+        let mut balance = 0;
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r["seq"], json!(i + 1), "gap-free seq, newest first: {l}");
+            balance += r["delta"].as_i64().unwrap();
+            assert_eq!(
+                r["balance_after"],
+                json!(balance),
+                "running balance at row {i}: {l}"
+            );
+        }
+        let (_, _, me) = node_b.get("/user/me", Some(&u.access)).await;
+        assert_eq!(me["credits"], json!(balance), "{me}");
+        assert_credit_invariants(&app, u.uid()).await;
+    }
+);

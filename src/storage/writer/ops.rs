@@ -46,17 +46,18 @@ pub(super) async fn reserve(conn: &mut AnyConnection, user_id: i64, amount: i64)
     Ok(changed > 0)
 }
 
-/// The user's `(credits, reserved)`, row-locked on MySQL (SQLite's writer already holds the
-/// database's write lock). Taken first in every operation that touches a user, so every
-/// transaction locks the user's row before anything else of theirs.
+/// The user's `(credits, reserved, ledger_seq)`, row-locked on MySQL (SQLite's writer already
+/// holds the database's write lock). Taken first in every operation that touches a user, so
+/// every transaction locks the user's row before anything else of theirs — which is also what
+/// makes `ledger_seq + 1` the next ledger row's place in commit order.
 pub(super) async fn lock_balance(
     conn: &mut AnyConnection,
     dialect: Dialect,
     user_id: i64,
-) -> Result<(i64, i64)> {
+) -> Result<(i64, i64, i64)> {
     let sql = match dialect {
-        Dialect::Sqlite => "SELECT credits, reserved FROM users WHERE id = ?",
-        Dialect::MySql => "SELECT credits, reserved FROM users WHERE id = ? FOR UPDATE",
+        Dialect::Sqlite => "SELECT credits, reserved, ledger_seq FROM users WHERE id = ?",
+        Dialect::MySql => "SELECT credits, reserved, ledger_seq FROM users WHERE id = ? FOR UPDATE",
     };
     sqlx::query_as(sql)
         .bind(user_id)
@@ -65,21 +66,22 @@ pub(super) async fn lock_balance(
         .ok_or_else(|| Error::not_found("user"))
 }
 
-/// With the user's `(credits, reserved)` as locked by [`lock_balance`] in this transaction:
-/// releases the reservation (if still open) and charges `cost`, clamped so that the balance
-/// covers the user's other open reservations (`credits >= reserved` always, so never below
-/// zero). Returns `(open, charged, balance)`; the caller adds the ledger row.
+/// With the user's `(credits, reserved, ledger_seq)` as locked by [`lock_balance`] in this
+/// transaction: releases the reservation (if still open) and charges `cost`, clamped so that the
+/// balance covers the user's other open reservations (`credits >= reserved` always, so never
+/// below zero). Returns `(open, charged, balance, ledger seq)`; a charge takes the next ledger
+/// seq, and the caller adds the ledger row with it.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn release_and_charge(
     conn: &mut AnyConnection,
-    (credits, reserved): (i64, i64),
+    (credits, reserved, ledger_seq): (i64, i64, i64),
     user_id: i64,
     reservation_id: i64,
     reserved_amount: i64,
     cost: i64,
     charge_when_released_only: bool,
     now: i64,
-) -> Result<(bool, i64, i64)> {
+) -> Result<(bool, i64, i64, i64)> {
     let open = sqlx::query("DELETE FROM credit_reservations WHERE id = ?")
         .bind(reservation_id)
         .execute(&mut *conn)
@@ -92,18 +94,20 @@ pub(super) async fn release_and_charge(
     } else {
         cost.clamp(0, (credits - (reserved - released)).max(0))
     };
+    let seq_step = i64::from(charge > 0);
     if charge > 0 || released != 0 {
         sqlx::query(
-            "UPDATE users SET credits = credits - ?, reserved = reserved - ?, updated_at = ? WHERE id = ?",
+            "UPDATE users SET credits = credits - ?, reserved = reserved - ?, ledger_seq = ledger_seq + ?, updated_at = ? WHERE id = ?",
         )
         .bind(charge)
         .bind(released)
+        .bind(seq_step)
         .bind(now)
         .bind(user_id)
         .execute(&mut *conn)
         .await?;
     }
-    Ok((open, charge, credits - charge))
+    Ok((open, charge, credits - charge, ledger_seq + seq_step))
 }
 
 /// A settlement charges only while its reservation is still open: retried after a commit whose
@@ -116,7 +120,7 @@ pub(super) async fn settle<'a>(
     rows: &mut Rows<'a>,
 ) -> Result<Applied> {
     let locked = lock_balance(conn, dialect, s.user_id).await?;
-    let (open, charged, balance) = release_and_charge(
+    let (open, charged, balance, ledger_seq) = release_and_charge(
         conn,
         locked,
         s.user_id,
@@ -131,8 +135,7 @@ pub(super) async fn settle<'a>(
         if charged > 0 {
             rows.ledger(
                 s.user_id,
-                -charged,
-                balance,
+                (-charged, balance, ledger_seq),
                 s.ledger_reason,
                 s.ref_id.clone(),
                 now,
@@ -279,7 +282,7 @@ pub(super) async fn finish<'a>(
         .bind(t.conversation_id)
         .fetch_one(&mut *conn)
         .await?;
-    let (_, charged, balance) = release_and_charge(
+    let (_, charged, balance, ledger_seq) = release_and_charge(
         conn,
         locked,
         t.user_id,
@@ -292,7 +295,8 @@ pub(super) async fn finish<'a>(
     .await?;
     let m = &t.assistant;
     if charged > 0 {
-        rows.ledger(t.user_id, -charged, balance, "chat", m.id.to_string(), now);
+        let row = (-charged, balance, ledger_seq);
+        rows.ledger(t.user_id, row, "chat", m.id.to_string(), now);
     }
     rows.messages.push((m, seq, charged));
     rows.usage.push(UsageIns {

@@ -18,6 +18,8 @@ pub(super) struct LedgerIns<'a> {
     pub(super) user_id: i64,
     pub(super) delta: i64,
     pub(super) balance_after: i64,
+    /// The user's ledger sequence, taken under the user's row lock (commit order).
+    pub(super) seq: i64,
     pub(super) reason: &'a str,
     pub(super) ref_id: String,
     pub(super) created_at: i64,
@@ -90,11 +92,11 @@ impl<'a> Rows<'a> {
         id
     }
 
+    /// A ledger row of `(delta, balance_after, seq)`.
     pub(super) fn ledger(
         &mut self,
         user_id: i64,
-        delta: i64,
-        balance_after: i64,
+        (delta, balance_after, seq): (i64, i64, i64),
         reason: &'a str,
         ref_id: String,
         now: i64,
@@ -103,6 +105,7 @@ impl<'a> Rows<'a> {
             user_id,
             delta,
             balance_after,
+            seq,
             reason,
             ref_id,
             created_at: now,
@@ -172,8 +175,8 @@ impl<'a> Rows<'a> {
     async fn insert_ledger(&self, conn: &mut AnyConnection) -> Result<()> {
         for chunk in self.ledger.chunks(INSERT_CHUNK) {
             let sql = values_sql(
-                "credit_ledger (id, user_id, delta, balance_after, reason, ref_id, created_at)",
-                7,
+                "credit_ledger (id, user_id, delta, balance_after, seq, reason, ref_id, created_at)",
+                8,
                 chunk.len(),
             );
             let mut q = sqlx::query(&sql);
@@ -183,6 +186,7 @@ impl<'a> Rows<'a> {
                     .bind(l.user_id)
                     .bind(l.delta)
                     .bind(l.balance_after)
+                    .bind(l.seq)
                     .bind(l.reason)
                     .bind(l.ref_id.as_str())
                     .bind(l.created_at);
