@@ -21,6 +21,7 @@ mod api_keys;
 mod apple;
 mod bench_smoke;
 mod billing;
+mod browser;
 mod chat_faults;
 mod chat_images;
 mod chat_rest;
