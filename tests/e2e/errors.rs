@@ -8,8 +8,10 @@ use crate::common::*;
 
 both!(unknown_routes_are_404_in_the_shape, |app| async move {
     let u = app.register(&uname("nf")).await;
+    // `GET /` and `GET /ops` are pages (tests/e2e/browser.rs); files beside them are not.
     for (method, path) in [
-        (Method::GET, "/"),
+        (Method::GET, "/index.html"),
+        (Method::GET, "/ops/nope"),
         (Method::GET, "/nope"),
         (Method::POST, "/nope"),
         (Method::GET, "/user"),
