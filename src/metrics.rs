@@ -92,6 +92,7 @@ pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMa
         ("complete", snap.turns.completed),
         ("failed", snap.turns.failed),
         ("cancelled", snap.turns.cancelled),
+        ("taken_over", snap.turns.taken_over),
     ] {
         metrics::counter!("questech_chat_turns_total", "status" => status).absolute(n);
     }

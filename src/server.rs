@@ -72,11 +72,12 @@ pub async fn run_until(
     {
         tracing::warn!("background tasks still running at exit");
     }
-    match crate::storage::chat::release_stale(&state.db, &state.config.node_id).await {
+    match state.heartbeat().take_over_own().await {
         Ok(0) => {}
-        Ok(n) => tracing::warn!(released = n, "released reservations of unfinished work"),
-        Err(e) => tracing::error!(error = ?e, "could not release reservations at shutdown"),
+        Ok(n) => tracing::warn!(taken = n, "stored unfinished turns as failed at shutdown"),
+        Err(e) => tracing::error!(error = ?e, "could not release what this node held at shutdown"),
     }
+    state.leases.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(std::io::Error::other(e)),

@@ -29,6 +29,8 @@ pub struct Inner {
     pub tracker: TaskTracker,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled after the drain: this node's leases are renewed until its turns have ended.
+    pub leases: CancellationToken,
 }
 
 impl Deref for AppState {
@@ -47,10 +49,6 @@ impl AppState {
         db.migrate().await?;
         let cache = Cache::connect(config.redis_url.as_deref(), &config.redis_prefix).await?;
         let jwt = JwtKeys::new(&config.jwt_secret.0, config.jwt_access_ttl.as_secs());
-        let released = crate::storage::chat::release_stale(&db, &config.node_id).await?;
-        if released > 0 {
-            tracing::warn!(released, "released reservations left by an earlier run");
-        }
         let providers = crate::llm::build_providers(
             &config,
             std::time::Duration::from_millis(config.echo_delay_ms),
@@ -69,7 +67,7 @@ impl AppState {
             shutdown.clone(),
         )
         .await?;
-        Ok(AppState(Arc::new(Inner {
+        let state = AppState(Arc::new(Inner {
             config: Arc::new(config),
             db,
             cache,
@@ -79,6 +77,26 @@ impl AppState {
             limits: built.limits,
             tracker,
             shutdown,
-        })))
+            leases: CancellationToken::new(),
+        }));
+        // What an earlier run of this node held is taken over before it serves; then the
+        // heartbeat keeps this run's leases and takes over those of stopped nodes.
+        let taken = state.heartbeat().take_over_own().await?;
+        if taken > 0 {
+            tracing::warn!(taken, "took over turns an earlier run of this node left");
+        }
+        state.heartbeat().spawn(state.leases.clone());
+        Ok(state)
+    }
+
+    /// The node's lease keeper over this state's database, limits and engine.
+    pub fn heartbeat(&self) -> crate::adapters::lease::Heartbeat {
+        crate::adapters::lease::Heartbeat {
+            db: self.db.clone(),
+            limits: self.limits.clone(),
+            engine: self.engine.clone(),
+            node_id: self.config.node_id.clone(),
+            lease: self.config.node_lease,
+        }
     }
 }

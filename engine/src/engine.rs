@@ -15,9 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::conversation::{ConvMsg, SendTurn, TurnHandle};
 use crate::error::EngineError;
 use crate::events::Frame;
-use crate::metrics::{
-    ActorCounts, EngineSnapshot, MailboxState, MailboxTop, Metrics, RateMeter, Restarts, Turns,
-};
+use crate::metrics::{Metrics, RateMeter};
 use crate::pool::Pool;
 use crate::ports::{Fanout, Limits, Store};
 use crate::registry::{Entry, Registry};
@@ -79,7 +77,7 @@ pub struct Core {
     pub(crate) tracker: TaskTracker,
     /// Cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
-    turn_rate: RateMeter,
+    pub(crate) turn_rate: RateMeter,
     supervisor: OnceLock<ActorRef<SupMsg>>,
 }
 
@@ -332,52 +330,6 @@ impl Engine {
         if let Some(e) = self.registry.conversation(conv_id) {
             let _ = e.send(ConvMsg::Reload);
         }
-    }
-
-    pub fn snapshot(&self) -> EngineSnapshot {
-        let (max_depth, largest) = self.registry.depths(5);
-        let m = &self.metrics;
-        let completed = m.turns_completed.load(Ordering::Relaxed);
-        let failed = m.turns_failed.load(Ordering::Relaxed);
-        let cancelled = m.turns_cancelled.load(Ordering::Relaxed);
-        EngineSnapshot {
-            node_id: self.cfg.node_id.clone(),
-            actors: ActorCounts {
-                user_session: self.registry.users.len(),
-                conversation: self.registry.conversations.len(),
-            },
-            websocket_connections: m.ws_connections.load(Ordering::Relaxed),
-            mailbox: MailboxState {
-                max_depth,
-                largest: largest
-                    .into_iter()
-                    .map(|(kind, id, depth)| MailboxTop {
-                        kind,
-                        id: id.to_string(),
-                        depth,
-                    })
-                    .collect(),
-                rejected_total: m.mailbox_rejections.load(Ordering::Relaxed),
-            },
-            restarts: Restarts {
-                user_session: m.restarts_user_session.load(Ordering::Relaxed),
-                conversation: m.restarts_conversation.load(Ordering::Relaxed),
-            },
-            turns: Turns {
-                started: m.turns_started.load(Ordering::Relaxed),
-                completed,
-                failed,
-                cancelled,
-                per_second: self.turn_rate.rate(completed + failed + cancelled),
-                credits_charged: m.credits_charged.load(Ordering::Relaxed),
-            },
-            llm: self.pool.snapshot(),
-        }
-    }
-
-    /// The LLM pool's providers as operators see them.
-    pub fn providers(&self) -> Vec<crate::pool::ProviderSnapshot> {
-        self.pool.snapshot()
     }
 
     /// Outbound frames queued per WebSocket before the client counts as too slow.

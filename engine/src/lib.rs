@@ -16,6 +16,7 @@ pub mod ids;
 pub mod llm;
 pub mod meter;
 pub mod metrics;
+mod observe;
 pub mod pool;
 pub mod ports;
 pub mod registry;

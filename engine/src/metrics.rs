@@ -17,6 +17,8 @@ pub struct Metrics {
     pub turns_completed: AtomicU64,
     pub turns_failed: AtomicU64,
     pub turns_cancelled: AtomicU64,
+    /// Turns of nodes that stopped renewing their lease, stored as failed by this node.
+    pub turns_taken_over: AtomicU64,
     pub credits_charged: AtomicU64,
     pub mailbox_rejections: AtomicU64,
 }
@@ -75,6 +77,8 @@ pub struct Turns {
     pub completed: u64,
     pub failed: u64,
     pub cancelled: u64,
+    /// Turns of stopped nodes this node stored as failed (lease takeover).
+    pub taken_over: u64,
     pub per_second: f64,
     pub credits_charged: u64,
 }

@@ -63,7 +63,7 @@ pub struct BeginTurn {
     pub node_id: String,
     pub user_message: StoredMessage,
     pub reserve: i64,
-    /// How long the cross-node turn lock holds without being finished (crash safety).
+    /// The turn lock's first lease; the node renews it while it lives (`storage::lease`).
     pub lock_ms: i64,
 }
 
@@ -102,6 +102,9 @@ pub struct FinishOutcome {
     pub assistant: StoredMessage,
     pub charged: i64,
     pub balance: i64,
+    /// The turn's lock was no longer its own (its node's lease ran out and another node took
+    /// the turn over): nothing was stored or charged, the devices were told by that node.
+    pub taken_over: bool,
 }
 
 /// A stateless call's reservation (`/v1`, toolkit).

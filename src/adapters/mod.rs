@@ -3,6 +3,7 @@
 //! ([`fanout`]). Also builds and starts the engine over them.
 
 mod fanout;
+pub mod lease;
 mod limits;
 mod store;
 
@@ -52,11 +53,13 @@ pub async fn start(
 ) -> anyhow::Result<Built> {
     let providers = crate::llm::build_providers(cfg, Duration::from_millis(cfg.echo_delay_ms));
     let pool = Pool::new(providers, pool_config(cfg));
-    let limits = Arc::new(CacheLimits {
-        cache: cache.clone(),
-        rpm: cfg.user_rpm,
-        max_inflight: cfg.user_max_inflight,
-    });
+    let limits = Arc::new(CacheLimits::new(
+        cache.clone(),
+        cfg.user_rpm,
+        cfg.user_max_inflight,
+        cfg.node_lease,
+        &cfg.node_id,
+    ));
     let fanout = match cache {
         Cache::Redis(r) => Some(Arc::new(RedisFanout::new(
             r.client().clone(),
@@ -82,8 +85,10 @@ pub async fn start(
     let engine_cfg = EngineConfig {
         node_id: cfg.node_id.clone(),
         actor_idle: cfg.actor_idle,
-        // Outlives the longest call; one left by a crash is released at the node's next start.
-        reservation_ttl: cfg.llm_total_timeout + Duration::from_secs(300),
+        // Leases the node renews while it lives (`lease`); a stopped node's run out and are
+        // taken over by the survivors.
+        turn_lock: cfg.node_lease,
+        reservation_ttl: cfg.node_lease,
         ..EngineConfig::default()
     };
     let engine = Engine::start(

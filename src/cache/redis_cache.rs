@@ -127,6 +127,70 @@ impl RedisCache {
         timed(script.key(self.key(key)).invoke_async(&mut c)).await
     }
 
+    /// Takes one of at most `limit` leased slots in the sorted set `key` (member → lease
+    /// expiry in ms): expired leases are dropped first, so a dead node's slots free themselves.
+    pub async fn slot_acquire(
+        &self,
+        key: &str,
+        member: &str,
+        limit: u32,
+        now_ms: i64,
+        lease: Duration,
+    ) -> CacheResult<bool> {
+        let script = redis::Script::new(
+            "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) \
+             if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end \
+             redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4]) \
+             redis.call('PEXPIRE', KEYS[1], ARGV[5]) \
+             return 1",
+        );
+        let mut c = self.conn.clone();
+        let took: i64 = timed(
+            script
+                .key(self.key(key))
+                .arg(now_ms)
+                .arg(now_ms + ms(lease) as i64)
+                .arg(limit)
+                .arg(member)
+                .arg(ms(lease) * 2)
+                .invoke_async(&mut c),
+        )
+        .await?;
+        Ok(took == 1)
+    }
+
+    /// Pushes the leases of slots this node holds (`(key, member)`) to `now + lease`; a slot
+    /// already dropped (its lease ran out) is not brought back.
+    pub async fn slot_renew(
+        &self,
+        held: &[(String, String)],
+        now_ms: i64,
+        lease: Duration,
+    ) -> CacheResult<()> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (key, member) in held {
+            let k = self.key(key);
+            pipe.cmd("ZADD")
+                .arg(&k)
+                .arg("XX")
+                .arg(now_ms + ms(lease) as i64)
+                .arg(member)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&k).arg(ms(lease) * 2).ignore();
+        }
+        let mut c = self.conn.clone();
+        let _: () = timed(pipe.query_async(&mut c)).await?;
+        Ok(())
+    }
+
+    pub async fn slot_release(&self, key: &str, member: &str) -> CacheResult<()> {
+        let mut c = self.conn.clone();
+        timed(c.zrem::<_, _, ()>(self.key(key), member)).await
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

@@ -100,6 +100,9 @@ pub struct Config {
     pub llm_breaker_cooldown: Duration,
     pub shutdown_grace: Duration,
     pub actor_idle: Duration,
+    /// How long what a node holds (turn locks, reservations, in-flight slots) outlives its last
+    /// renewal; renewed every quarter of it. Survivors take over a stopped node's after it.
+    pub node_lease: Duration,
     pub encryption_key: [u8; 32],
     pub cors_origins: Vec<String>,
     pub signup_bonus_credits: i64,
@@ -209,6 +212,7 @@ impl Config {
             llm_breaker_cooldown: v.secs("LLM_BREAKER_COOLDOWN_SECS", 30)?,
             shutdown_grace: v.secs("SHUTDOWN_GRACE_SECS", 30)?,
             actor_idle: v.secs("ACTOR_IDLE_SECS", 300)?,
+            node_lease: v.secs("NODE_LEASE_SECS", 10)?.max(Duration::from_secs(1)),
             encryption_key,
             cors_origins: v.list("CORS_ORIGINS"),
             signup_bonus_credits: v.num("SIGNUP_BONUS_CREDITS", 100i64)?,

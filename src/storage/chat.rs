@@ -334,33 +334,6 @@ pub async fn abort_turn(db: &Db, conversation_id: i64, turn_id: Option<i64>) -> 
     Ok(true)
 }
 
-/// At start-up: releases reservations and turn locks this node left behind (it crashed or
-/// was killed), and any that expired on any node.
-pub async fn release_stale(db: &Db, node_id: &str) -> Result<u64> {
-    let now = now_ms();
-    let stale: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT id, user_id, amount FROM credit_reservations WHERE node_id = ? OR expires_at < ?",
-    )
-    .bind(node_id)
-    .bind(now)
-    .fetch_all(&db.write)
-    .await?;
-    let n = stale.len() as u64;
-    for (id, user_id, amount) in stale {
-        let mut tx = db.begin_write().await?;
-        super::ledger::release_in_tx(&mut tx, id, user_id, amount).await?;
-        tx.commit().await?;
-    }
-    sqlx::query(
-        "UPDATE conversations SET turn_id = NULL, turn_node = NULL, turn_expires = NULL WHERE turn_id IS NOT NULL AND (turn_node = ? OR turn_expires < ?)",
-    )
-    .bind(node_id)
-    .bind(now)
-    .execute(&db.write)
-    .await?;
-    Ok(n)
-}
-
 /// One message by id, with the conversation's owner (read from the primary: a reply just
 /// stored must be found).
 pub async fn message_with_owner(db: &Db, id: i64) -> Result<Option<(StoredMessage, i64)>> {

@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod app_config;
 pub mod articles;
 pub mod chat;
+pub mod lease;
 pub mod ledger;
 pub mod models;
 pub mod sessions;

@@ -32,6 +32,7 @@ mod credits;
 mod errors;
 mod group_commit;
 mod health;
+mod leases;
 mod openai_python;
 mod openai_rust;
 mod ops;

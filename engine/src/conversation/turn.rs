@@ -213,6 +213,12 @@ impl ConvState {
         let engine = self.engine();
         let user = turn.user_id;
         core.limits.release(user, turn.unlimited).await;
+        if let Ok(d) = &result {
+            if d.taken_over {
+                self.taken_over(&turn);
+                return;
+            }
+        }
         let counter = match bill.status {
             TurnStatus::Complete => &core.metrics.turns_completed,
             TurnStatus::Cancelled => &core.metrics.turns_cancelled,
@@ -251,6 +257,30 @@ impl ConvState {
         tell(&engine, turn.updates.as_ref(), user, end);
         if let Some(d) = done {
             engine.charged(user, d.charged, d.balance, "chat");
+        }
+    }
+
+    /// This node stopped renewing its lease mid-turn (paused, cut off) and another node took
+    /// the turn over: it is stored as failed and the devices were told there. Only a requester
+    /// waiting on this node still needs an answer; the cached context is rebuilt next time.
+    fn taken_over(&mut self, turn: &Turn) {
+        tracing::warn!(
+            conversation_id = self.id,
+            turn_id = turn.id,
+            "turn taken over by another node; its reply is dropped"
+        );
+        self.core
+            .metrics
+            .turns_failed
+            .fetch_add(1, Ordering::Relaxed);
+        self.loaded = None;
+        if let Some(r) = turn.updates.as_ref() {
+            let err = EngineError::Unavailable { retry_after: 1 };
+            let _ = r.send(Frame::ChatError {
+                id: turn.client_msg_id.clone(),
+                conversation_id: self.id,
+                error: ErrorBody::from(&err),
+            });
         }
     }
 

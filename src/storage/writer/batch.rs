@@ -244,9 +244,16 @@ impl Pending {
                             assistant,
                             charged,
                             balance,
+                            taken_over: false,
                         })
                     }
                     Applied::AlreadyFinished(o) => Ok(o),
+                    Applied::TakenOver => Ok(FinishOutcome {
+                        assistant: t.assistant,
+                        charged: 0,
+                        balance: 0,
+                        taken_over: true,
+                    }),
                     _ => Err(mismatch()),
                 }));
             }

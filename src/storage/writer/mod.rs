@@ -108,6 +108,8 @@ enum Applied {
     },
     /// A retried finish whose first attempt had committed: the stored reply.
     AlreadyFinished(FinishOutcome),
+    /// A finish fenced off: the turn's lock was taken over by another node.
+    TakenOver,
 }
 
 impl Writer {

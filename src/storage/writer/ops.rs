@@ -169,7 +169,7 @@ pub(super) async fn begin<'a>(
     let amount = t.reserve.max(0);
     if !reserve(conn, t.user_id, amount).await? {
         return Ok(Applied::Refused(
-            match refusal(conn, t.conversation_id, t.user_id, now).await? {
+            match refusal(conn, t.conversation_id, t.user_id).await? {
                 Some(r) => r,
                 None => BeginOutcome::InsufficientCredits,
             },
@@ -177,7 +177,7 @@ pub(super) async fn begin<'a>(
     }
     let locked = sqlx::query(
         "UPDATE conversations SET last_seq = last_seq + 1, turn_id = ?, turn_node = ?, turn_expires = ?, updated_at = ? \
-         WHERE id = ? AND user_id = ? AND deleted_at IS NULL AND (turn_id IS NULL OR turn_expires < ?)",
+         WHERE id = ? AND user_id = ? AND deleted_at IS NULL AND turn_id IS NULL",
     )
     .bind(t.turn_id)
     .bind(&t.node_id)
@@ -185,7 +185,6 @@ pub(super) async fn begin<'a>(
     .bind(now)
     .bind(t.conversation_id)
     .bind(t.user_id)
-    .bind(now)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -196,7 +195,7 @@ pub(super) async fn begin<'a>(
             .bind(t.user_id)
             .execute(&mut *conn)
             .await?;
-        let r = refusal(conn, t.conversation_id, t.user_id, now).await?;
+        let r = refusal(conn, t.conversation_id, t.user_id).await?;
         return Ok(Applied::Refused(r.unwrap_or(BeginOutcome::Busy)));
     }
     let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
@@ -224,7 +223,6 @@ pub(super) async fn refusal(
     conn: &mut AnyConnection,
     conversation_id: i64,
     user_id: i64,
-    now: i64,
 ) -> Result<Option<BeginOutcome>> {
     let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
         "SELECT turn_id, turn_expires FROM conversations WHERE id = ? AND user_id = ? AND deleted_at IS NULL",
@@ -235,7 +233,9 @@ pub(super) async fn refusal(
     .await?;
     Ok(match row {
         None => Some(BeginOutcome::NotFound),
-        Some((Some(_), Some(expires))) if expires >= now => Some(BeginOutcome::Busy),
+        // A lock whose lease ran out is still held until a node takes it over
+        // (`storage::lease`), which stores its turn as failed: never silently stolen here.
+        Some((Some(_), _)) => Some(BeginOutcome::Busy),
         Some(_) => None,
     })
 }
@@ -266,17 +266,37 @@ pub(super) async fn finish<'a>(
                 charged: stored.credits_charged,
                 assistant: stored,
                 balance: locked.0,
+                taken_over: false,
             }));
         }
-        // The lock was taken from this turn (expired, or undone after a crash): the reply is
-        // still stored after what is there now.
-        sqlx::query(
-            "UPDATE conversations SET last_seq = last_seq + 1, updated_at = ? WHERE id = ?",
+        // The same finish twice in one batch: the first one's message is not inserted yet.
+        if let Some((m, seq, charged)) = rows.messages.iter().find(|(m, ..)| m.id == t.assistant.id)
+        {
+            let mut assistant = (*m).clone();
+            assistant.seq = *seq;
+            assistant.credits_charged = *charged;
+            return Ok(Applied::AlreadyFinished(FinishOutcome {
+                charged: *charged,
+                assistant,
+                balance: locked.0,
+                taken_over: false,
+            }));
+        }
+        // Fencing: the lock is no longer this turn's (its lease ran out and another node took
+        // it over, storing the turn as failed, or it was undone after a crash). Nothing is
+        // stored or charged; a reservation still open is given back.
+        release_and_charge(
+            conn,
+            locked,
+            t.user_id,
+            t.reservation_id,
+            t.reserved,
+            0,
+            true,
+            now,
         )
-        .bind(now)
-        .bind(t.conversation_id)
-        .execute(&mut *conn)
         .await?;
+        return Ok(Applied::TakenOver);
     }
     let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
         .bind(t.conversation_id)
