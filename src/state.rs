@@ -12,6 +12,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::storage::Db;
+use crate::uploads::Store;
 use questech_engine::Engine;
 
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct Inner {
     pub engine: Engine,
     pub models: ModelCache,
     pub limits: Arc<CacheLimits>,
+    /// Where uploads are kept (`UPLOAD_STORE`).
+    pub uploads: Store,
     /// Background work (turn finalisers, fan-out) that shutdown waits for.
     pub tracker: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -51,9 +54,12 @@ impl AppState {
         if released > 0 {
             tracing::warn!(released, "released reservations left by an earlier run");
         }
+        let uploads = Store::new(&config)?;
+        tracing::info!(store = %uploads.describe(), "uploads");
         let providers = crate::llm::build_providers(
             &config,
             std::time::Duration::from_millis(config.echo_delay_ms),
+            None,
         );
         crate::storage::models::seed(&db, |p| providers.contains_key(p)).await?;
         drop(providers);
@@ -64,6 +70,7 @@ impl AppState {
             &config,
             &db,
             &cache,
+            &uploads,
             models.clone(),
             tracker.clone(),
             shutdown.clone(),
@@ -77,6 +84,7 @@ impl AppState {
             engine: built.engine,
             models,
             limits: built.limits,
+            uploads,
             tracker,
             shutdown,
         })))
