@@ -20,7 +20,8 @@ pub struct S3Store {
     /// path style (`<endpoint>/<bucket>/<key>`), as MinIO, Ceph, moto and most others expect.
     pub endpoint: Option<String>,
     pub region: String,
-    /// Static keys; `None`: the AWS default chain (web identity, container, instance role).
+    /// Static keys; `None`: a web-identity role (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`)
+    /// or else the EC2 instance role.
     pub credentials: Option<(String, Secret)>,
     /// Put before every object name: empty, or ending with `/` (e.g. `questech/uploads/`).
     pub prefix: String,
