@@ -15,6 +15,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod time;
+pub mod uploads;
 pub mod ws;
 
 pub use config::Config;

@@ -12,6 +12,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::storage::Db;
+use crate::uploads::Store;
 use questech_engine::Engine;
 
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct Inner {
     pub engine: Engine,
     pub models: ModelCache,
     pub limits: Arc<CacheLimits>,
+    /// Where uploads are kept (`UPLOAD_STORE`).
+    pub uploads: Store,
     /// Background work (turn finalisers, fan-out) that shutdown waits for.
     pub tracker: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -49,9 +52,12 @@ impl AppState {
         db.migrate().await?;
         let cache = Cache::connect(config.redis_url.as_deref(), &config.redis_prefix).await?;
         let jwt = JwtKeys::new(&config.jwt_secret.0, config.jwt_access_ttl.as_secs());
+        let uploads = Store::new(&config)?;
+        tracing::info!(store = %uploads.describe(), "uploads");
         let providers = crate::llm::build_providers(
             &config,
             std::time::Duration::from_millis(config.echo_delay_ms),
+            None,
         );
         crate::storage::models::seed(&db, |p| providers.contains_key(p)).await?;
         drop(providers);
@@ -62,6 +68,7 @@ impl AppState {
             &config,
             &db,
             &cache,
+            &uploads,
             models.clone(),
             tracker.clone(),
             shutdown.clone(),
@@ -75,6 +82,7 @@ impl AppState {
             engine: built.engine,
             models,
             limits: built.limits,
+            uploads,
             tracker,
             shutdown,
             leases: CancellationToken::new(),

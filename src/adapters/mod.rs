@@ -47,11 +47,13 @@ pub async fn start(
     cfg: &Config,
     db: &Db,
     cache: &Cache,
+    uploads: &crate::uploads::Store,
     models: ModelCache,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Built> {
-    let providers = crate::llm::build_providers(cfg, Duration::from_millis(cfg.echo_delay_ms));
+    let providers =
+        crate::llm::build_providers(cfg, Duration::from_millis(cfg.echo_delay_ms), Some(uploads));
     let pool = Pool::new(providers, pool_config(cfg));
     let limits = Arc::new(CacheLimits::new(
         cache.clone(),

@@ -11,8 +11,10 @@ use std::time::Duration;
 mod secrets;
 #[cfg(test)]
 mod tests;
+mod uploads;
 mod vars;
 
+pub use uploads::{S3Store, UploadStore};
 use vars::{check_url, Vars};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,8 @@ pub struct Config {
     pub apple_jwks_url: String,
     pub sms_provider: SmsProvider,
     pub upload_dir: PathBuf,
+    /// Where uploads are kept (`UPLOAD_STORE`: `UPLOAD_DIR` or an S3 bucket).
+    pub upload_store: UploadStore,
     pub max_upload_bytes: u64,
     pub metrics_token: Option<Secret>,
     pub node_id: String,
@@ -220,6 +224,7 @@ impl Config {
             apple_jwks_url: v.url("APPLE_JWKS_URL", "https://appleid.apple.com/auth/keys")?,
             sms_provider,
             upload_dir: PathBuf::from(v.string("UPLOAD_DIR", "data/uploads")),
+            upload_store: uploads::upload_store(&v)?,
             max_upload_bytes: v.num("MAX_UPLOAD_BYTES", 10_485_760u64)?,
             metrics_token: v.opt("METRICS_TOKEN").map(Secret),
             node_id,

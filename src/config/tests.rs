@@ -76,3 +76,64 @@ fn secrets_do_not_print() {
     assert!(!dbg.contains("sk-very-secret"));
     assert!(!dbg.contains(&c.jwt_secret.0));
 }
+
+#[test]
+fn upload_store_is_local_unless_s3_is_chosen() {
+    let c = Config::from_map(&map(&[])).unwrap();
+    assert_eq!(c.upload_store, UploadStore::Local);
+    let c = Config::from_map(&map(&[
+        ("UPLOAD_STORE", "s3"),
+        ("S3_BUCKET", "qt-uploads"),
+        ("S3_ENDPOINT", "http://127.0.0.1:9000/"),
+        ("S3_ACCESS_KEY_ID", "id"),
+        ("S3_SECRET_ACCESS_KEY", "secret"),
+        ("S3_PREFIX", "/a/b"),
+    ]))
+    .unwrap();
+    let UploadStore::S3(s3) = c.upload_store else {
+        panic!("s3 expected")
+    };
+    assert_eq!(s3.bucket, "qt-uploads");
+    assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(s3.region, "us-east-1");
+    assert_eq!(s3.prefix, "a/b/");
+    assert_eq!(s3.credentials.as_ref().map(|c| c.0.as_str()), Some("id"));
+    assert!(
+        !format!("{s3:?}").contains("secret"),
+        "the secret never prints"
+    );
+    // Keys are optional (the AWS default chain), and so is the endpoint (AWS itself).
+    let c = Config::from_map(&map(&[("UPLOAD_STORE", "s3"), ("S3_BUCKET", "b-1.x")])).unwrap();
+    let UploadStore::S3(s3) = c.upload_store else {
+        panic!("s3 expected")
+    };
+    assert_eq!(
+        (s3.endpoint, s3.credentials, s3.prefix),
+        (None, None, String::new())
+    );
+}
+
+#[test]
+fn bad_upload_store_values_name_the_variable() {
+    let s3 = [("UPLOAD_STORE", "s3"), ("S3_BUCKET", "qt-uploads")];
+    for (extra, var) in [
+        (&[("UPLOAD_STORE", "ftp")][..], "UPLOAD_STORE"),
+        (&[("S3_BUCKET", "")][..], "S3_BUCKET"),
+        (&[("S3_BUCKET", "Upper_Case")][..], "S3_BUCKET"),
+        (&[("S3_BUCKET", "a/b")][..], "S3_BUCKET"),
+        (&[("S3_ENDPOINT", "localhost:9000")][..], "S3_ENDPOINT"),
+        (&[("S3_ENDPOINT", "ftp://x")][..], "S3_ENDPOINT"),
+        (&[("S3_REGION", "us east")][..], "S3_REGION"),
+        (&[("S3_ACCESS_KEY_ID", "id")][..], "S3_SECRET_ACCESS_KEY"),
+        (&[("S3_SECRET_ACCESS_KEY", "s")][..], "S3_ACCESS_KEY_ID"),
+        (&[("S3_PREFIX", "a/../b")][..], "S3_PREFIX"),
+        (&[("S3_PREFIX", "a//b")][..], "S3_PREFIX"),
+        (&[("S3_PREFIX", "a b")][..], "S3_PREFIX"),
+    ] {
+        let mut pairs = s3.to_vec();
+        pairs.extend_from_slice(extra);
+        let e = Config::from_map(&map(&pairs)).unwrap_err();
+        assert_eq!(e.var, var, "{extra:?}: {e}");
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
+    }
+}

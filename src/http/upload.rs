@@ -3,11 +3,10 @@
 //!
 //! Only images are accepted, recognised by their first bytes (PNG, JPEG, GIF, WebP) and never by
 //! the file name or the declared content type; the stored name is `<id>.<ext>` with the extension
-//! of the detected format. The field is streamed to a temporary file and the upload is aborted
-//! with 413 as soon as it passes `MAX_UPLOAD_BYTES`. The static route only serves names of that
-//! exact shape from the upload folder, so no path can reach anything else.
+//! of the detected format. The field is handed to the upload store (`crate::uploads`: the local
+//! folder or an S3 bucket) as it arrives, and the upload is aborted with 413 as soon as it passes
+//! `MAX_UPLOAD_BYTES`. The static route only serves names of that exact shape, from that store.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::extract::multipart::{MultipartError, MultipartRejection};
@@ -15,9 +14,6 @@ use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
-use tower::ServiceExt;
-use tower_http::services::ServeFile;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -25,6 +21,7 @@ use super::{Json, Path};
 use crate::auth::AuthUser;
 use crate::error::{Error, Result};
 use crate::state::AppState;
+use crate::uploads::{kind_of_name, sniff, ImageKind, Writer, IMMUTABLE, SNIFF_BYTES};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -39,56 +36,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Room for the multipart framing and small extra fields around the file.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
-/// Bytes needed to recognise every accepted format.
-const SNIFF_BYTES: usize = 12;
-
-/// An accepted image format: file extension and content type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImageKind {
-    pub ext: &'static str,
-    pub content_type: &'static str,
-}
-
-const PNG: ImageKind = ImageKind {
-    ext: "png",
-    content_type: "image/png",
-};
-const JPEG: ImageKind = ImageKind {
-    ext: "jpg",
-    content_type: "image/jpeg",
-};
-const GIF: ImageKind = ImageKind {
-    ext: "gif",
-    content_type: "image/gif",
-};
-const WEBP: ImageKind = ImageKind {
-    ext: "webp",
-    content_type: "image/webp",
-};
-
-/// Recognises an image by its magic bytes.
-pub fn sniff(head: &[u8]) -> Option<ImageKind> {
-    if head.starts_with(&[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]) {
-        Some(PNG)
-    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some(JPEG)
-    } else if head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a") {
-        Some(GIF)
-    } else if head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WEBP" {
-        Some(WEBP)
-    } else {
-        None
-    }
-}
-
-/// The kind of a stored file's name, if the name is exactly `<digits>.<ext>`.
-fn kind_of_name(name: &str) -> Option<ImageKind> {
-    let (stem, ext) = name.split_once('.')?;
-    if stem.is_empty() || stem.len() > 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    [PNG, JPEG, GIF, WEBP].into_iter().find(|k| k.ext == ext)
-}
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Uploaded {
@@ -120,26 +67,7 @@ fn multipart_error(e: MultipartError) -> Error {
     }
 }
 
-/// Removes a temporary file unless disarmed (the upload failed or the client went away).
-struct PartFile {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Drop for PartFile {
-    fn drop(&mut self) {
-        if self.armed {
-            let path = std::mem::take(&mut self.path);
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = tokio::fs::remove_file(path).await;
-                });
-            }
-        }
-    }
-}
-
-#[utoipa::path(post, path = "/common/upload", tag = "upload", request_body(content = UploadForm, content_type = "multipart/form-data"), responses((status = 201, description = "stored", body = Uploaded), (status = "4XX", description = "error (413 over MAX_UPLOAD_BYTES, 400 not an image)", body = crate::error::ApiError)))]
+#[utoipa::path(post, path = "/common/upload", tag = "upload", request_body(content = UploadForm, content_type = "multipart/form-data"), responses((status = 201, description = "stored", body = Uploaded), (status = "4XX", description = "error (413 over MAX_UPLOAD_BYTES, 400 not an image)", body = crate::error::ApiError), (status = 503, description = "the upload store (S3 bucket) does not answer", body = crate::error::ApiError)))]
 async fn upload(
     State(state): State<AppState>,
     user: AuthUser,
@@ -233,18 +161,17 @@ fn not_an_image() -> Error {
     Error::invalid("file", "must be a PNG, JPEG, GIF or WebP image")
 }
 
-/// Streams the field to `<dir>/.<id>.part`, checking its kind on the first bytes and its size on
-/// every chunk, then renames it to `<dir>/<id>.<ext>`.
+/// Hands the field to the upload store, checking its kind on the first bytes and its size on
+/// every chunk; the store makes it visible as `<id>.<ext>` once it is whole.
 async fn store(
     state: &AppState,
     field: &mut axum::extract::multipart::Field<'_>,
     max: u64,
 ) -> Result<Uploaded> {
-    let dir = state.config.upload_dir.clone();
     let id = crate::ids::next_id();
     let mut head: Vec<u8> = Vec::with_capacity(SNIFF_BYTES);
     let mut kind: Option<ImageKind> = None;
-    let mut file: Option<(tokio::fs::File, PartFile)> = None;
+    let mut writer: Option<Writer> = None;
     let mut size: u64 = 0;
     loop {
         let chunk = field.chunk().await.map_err(multipart_error)?;
@@ -265,39 +192,24 @@ async fn store(
             if head.is_empty() {
                 return Err(Error::invalid("file", "must not be empty"));
             }
-            let k = sniff(&head).ok_or_else(not_an_image)?;
-            kind = Some(k);
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(Error::internal)?;
-            let path = dir.join(format!(".{id}.part"));
-            let f = tokio::fs::File::create(&path)
-                .await
-                .map_err(Error::internal)?;
-            let guard = PartFile { path, armed: true };
-            let (f, _) = file.insert((f, guard));
-            f.write_all(&head).await.map_err(Error::internal)?;
+            kind = Some(sniff(&head).ok_or_else(not_an_image)?);
+            let w = writer.insert(state.uploads.writer(&id.to_string()).await?);
+            w.write(&head).await?;
         }
-        if let Some((f, _)) = file.as_mut() {
+        if let Some(w) = writer.as_mut() {
             if !pending.is_empty() {
-                f.write_all(pending).await.map_err(Error::internal)?;
+                w.write(pending).await?;
             }
         }
         if last {
             break;
         }
     }
-    let (Some(kind), Some((mut f, mut guard))) = (kind, file) else {
+    let (Some(kind), Some(writer)) = (kind, writer) else {
         return Err(Error::invalid("file", "must not be empty"));
     };
-    f.flush().await.map_err(Error::internal)?;
-    f.sync_all().await.map_err(Error::internal)?;
-    drop(f);
     let name = format!("{id}.{}", kind.ext);
-    tokio::fs::rename(&guard.path, dir.join(&name))
-        .await
-        .map_err(Error::internal)?;
-    guard.armed = false;
+    writer.finish(&name, kind).await?;
     Ok(Uploaded {
         url: format!("/static/{name}"),
         size,
@@ -305,23 +217,14 @@ async fn store(
     })
 }
 
-#[utoipa::path(get, path = "/static/{name}", tag = "upload", params(("name" = String, Path, description = "a stored file's name, `<id>.<ext>`")), responses((status = 200, description = "the file, with its image content type", content_type = "application/octet-stream"), (status = 404, description = "no such file", body = crate::error::ApiError)))]
+#[utoipa::path(get, path = "/static/{name}", tag = "upload", params(("name" = String, Path, description = "a stored file's name, `<id>.<ext>`")), responses((status = 200, description = "the file, with its image content type", content_type = "application/octet-stream"), (status = 404, description = "no such file", body = crate::error::ApiError), (status = 503, description = "the upload store (S3 bucket) does not answer", body = crate::error::ApiError)))]
 async fn serve_static(
     State(state): State<AppState>,
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response> {
-    let not_found = || Error::not_found("no such file");
-    let kind = kind_of_name(&name).ok_or_else(not_found)?;
-    let path = state.config.upload_dir.join(&name);
-    let res = match ServeFile::new(path).oneshot(req).await {
-        Ok(res) => res,
-        Err(never) => match never {},
-    };
-    if res.status() == StatusCode::NOT_FOUND {
-        return Err(not_found());
-    }
-    let mut res = res.map(axum::body::Body::new);
+    let kind = kind_of_name(&name).ok_or_else(|| Error::not_found("no such file"))?;
+    let mut res = state.uploads.serve(&name, req).await?;
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -331,52 +234,6 @@ async fn serve_static(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     Ok(res)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sniffs_each_format_by_its_bytes() {
-        assert_eq!(
-            sniff(&[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0]),
-            Some(PNG)
-        );
-        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(JPEG));
-        assert_eq!(sniff(b"GIF89a\x01\x00"), Some(GIF));
-        assert_eq!(sniff(b"GIF87a"), Some(GIF));
-        assert_eq!(sniff(b"RIFF\x10\x00\x00\x00WEBPVP8 "), Some(WEBP));
-        assert_eq!(sniff(b"RIFF\x10\x00\x00\x00WAVE"), None);
-        assert_eq!(sniff(b"hello, this is text"), None);
-        assert_eq!(sniff(&[0x89, b'P', b'N', b'G']), None);
-        assert_eq!(sniff(b""), None);
-    }
-
-    #[test]
-    fn only_generated_names_are_served() {
-        assert_eq!(kind_of_name("123.png"), Some(PNG));
-        assert_eq!(kind_of_name("123.webp"), Some(WEBP));
-        for bad in [
-            "../Cargo.toml",
-            "..",
-            "123.png/..",
-            "/etc/passwd",
-            "a1.png",
-            ".1.part",
-            "1.txt",
-            "1.PNG",
-            "1",
-            "123.png.exe",
-            "",
-        ] {
-            assert_eq!(kind_of_name(bad), None, "{bad}");
-        }
-    }
 }

@@ -14,14 +14,20 @@ use std::time::Duration;
 use questech_engine::llm::Provider;
 
 use crate::config::Config;
+use crate::uploads::Store;
 
 /// The providers this configuration enables, by provider id:
 /// - `echo` when `SERVICE_DEBUG` is on (`echo_delay` between its deltas),
 /// - `openai` when `OPENAI_API_KEY` is set (at `OPENAI_BASE_URL`),
 /// - `deepseek` when `DEEPSEEK_API_KEY` is set (at `DEEPSEEK_BASE_URL`).
 ///
+/// Remote providers read the images attached from `uploads` (when given) to send them inline.
 /// A provider whose HTTP client cannot be built is left out, with an error in the log.
-pub fn build_providers(cfg: &Config, echo_delay: Duration) -> HashMap<String, Arc<dyn Provider>> {
+pub fn build_providers(
+    cfg: &Config,
+    echo_delay: Duration,
+    uploads: Option<&Store>,
+) -> HashMap<String, Arc<dyn Provider>> {
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     if cfg.service_debug {
         providers.insert("echo".into(), Arc::new(echo::EchoProvider::new(echo_delay)));
@@ -34,7 +40,7 @@ pub fn build_providers(cfg: &Config, echo_delay: Duration) -> HashMap<String, Ar
         let Some(key) = key else { continue };
         match openai::OpenAiCompatible::new(name, base_url.as_str(), Some(key.0.clone())) {
             Ok(mut p) => {
-                p.uploads = Some(cfg.upload_dir.clone());
+                p.uploads = uploads.cloned();
                 providers.insert(name.into(), Arc::new(p));
             }
             Err(e) => {
@@ -68,7 +74,7 @@ mod tests {
 
     #[test]
     fn debug_without_keys_has_only_echo() {
-        let p = build_providers(&config(&[]), Duration::ZERO);
+        let p = build_providers(&config(&[]), Duration::ZERO, None);
         assert_eq!(names(&p), ["echo"]);
         assert!(p["echo"].is_dev());
         assert_eq!(p["echo"].name(), "echo");
@@ -84,6 +90,7 @@ mod tests {
                 ("DEEPSEEK_BASE_URL", "http://127.0.0.1:9/v1/"),
             ]),
             Duration::ZERO,
+            None,
         );
         assert_eq!(names(&p), ["deepseek", "openai"]);
         assert_eq!(p["openai"].name(), "openai");
@@ -96,6 +103,7 @@ mod tests {
         let p = build_providers(
             &config(&[("SERVICE_DEBUG", "true"), ("OPENAI_API_KEY", "sk-a")]),
             Duration::ZERO,
+            None,
         );
         assert_eq!(names(&p), ["echo", "openai"]);
     }

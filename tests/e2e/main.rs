@@ -43,6 +43,7 @@ mod supervision;
 mod tokens;
 mod toolkit;
 mod upload;
+mod upload_s3;
 mod v1;
 mod v1_embeddings;
 mod v1_responses;

@@ -14,12 +14,7 @@ use crate::v1::{assert_books_balance, ledger_rows, node_with_upstream};
 
 /// A Python with the `openai` package.
 fn python() -> Option<PathBuf> {
-    let path = std::env::var_os("OPENAI_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python")
-        });
-    path.exists().then_some(path)
+    ci_tool("OPENAI_PYTHON", "python")
 }
 
 both!(official_python_sdk, |app| async move {

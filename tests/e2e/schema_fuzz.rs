@@ -13,12 +13,7 @@ use crate::common::*;
 
 /// `SCHEMATHESIS`, else the CI virtual environment's.
 fn schemathesis() -> Option<PathBuf> {
-    let path = std::env::var_os("SCHEMATHESIS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/schemathesis")
-        });
-    path.exists().then_some(path)
+    ci_tool("SCHEMATHESIS", "schemathesis")
 }
 
 /// Runs schemathesis against the document with `token`; returns (success, output).

@@ -1,12 +1,12 @@
 //! Images a chat message attached from this server's uploads (`/static/<id>.<ext>`) cannot be
-//! fetched by a provider: when a request is sent, each is read from the upload folder into a
-//! `data:` URL. Nothing else in the request changes.
-
-use std::path::Path;
+//! fetched by a provider: when a request is sent, each is read from the upload store (folder or
+//! bucket) into a `data:` URL. Nothing else in the request changes.
 
 use base64::Engine as _;
 use questech_engine::llm::{ChatRequest, ProviderError, WireExtras};
 use serde_json::Value;
+
+use crate::uploads::Store;
 
 const PREFIX: &str = "/static/";
 
@@ -38,7 +38,7 @@ fn content_type(name: &str) -> &'static str {
 }
 
 /// `req` with every upload's path replaced by the file as a `data:` URL.
-pub async fn inline(mut req: ChatRequest, dir: &Path) -> Result<ChatRequest, ProviderError> {
+pub async fn inline(mut req: ChatRequest, store: &Store) -> Result<ChatRequest, ProviderError> {
     let Some(wire) = req.wire.take() else {
         return Ok(req);
     };
@@ -54,9 +54,17 @@ pub async fn inline(mut req: ChatRequest, dir: &Path) -> Result<ChatRequest, Pro
             if name.contains('/') || name.contains("..") {
                 return Err(ProviderError::Protocol(format!("bad upload path {url}")));
             }
-            let bytes = tokio::fs::read(dir.join(name)).await.map_err(|e| {
-                ProviderError::Protocol(format!("could not read the upload {name}: {e}"))
-            })?;
+            let bytes = match store.read(name).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
+                    return Err(ProviderError::Protocol(format!("no upload {name}")));
+                }
+                Err(e) => {
+                    return Err(ProviderError::Protocol(format!(
+                        "could not read the upload {name}: {e}"
+                    )))
+                }
+            };
             let data = base64::engine::general_purpose::STANDARD.encode(bytes);
             p["image_url"]["url"] = format!("data:{};base64,{data}", content_type(name)).into();
         }

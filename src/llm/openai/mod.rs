@@ -34,7 +34,7 @@ pub struct OpenAiCompatible {
     pub api_key: Option<String>,
     pub client: reqwest::Client,
     /// Where this server keeps uploads: images attached from there are sent inline.
-    pub uploads: Option<std::path::PathBuf>,
+    pub uploads: Option<crate::uploads::Store>,
 }
 
 impl OpenAiCompatible {
@@ -133,10 +133,10 @@ impl Provider for OpenAiCompatible {
         if let Some(fields) = &req.embed {
             return self.embed(&req.model, fields);
         }
-        if let Some(dir) = self.uploads.clone().filter(|_| images::has_local(&req)) {
+        if let Some(store) = self.uploads.clone().filter(|_| images::has_local(&req)) {
             let me = self.clone();
             return Box::pin(async move {
-                let req = images::inline(req, &dir).await?;
+                let req = images::inline(req, &store).await?;
                 me.send_chat(&req).await
             });
         }

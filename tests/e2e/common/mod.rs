@@ -580,6 +580,17 @@ pub fn skip(needs: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {test} needs {needs}");
 }
 
+/// A tool the tests drive: the path in the environment variable `var`, else `bin` of the CI
+/// virtual environment (`target/ci-venv/bin/<bin>`, made by `.ci/run`); `None` if neither exists.
+pub fn ci_tool(var: &str, bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/ci-venv/bin")
+            .join(bin)
+    });
+    path.exists().then_some(path)
+}
+
 fn random_tag() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
