@@ -20,7 +20,13 @@ from selenium.webdriver.support.ui import Select  # noqa: E402
 
 from common import TcpProxy, api, console, new_driver, parse_args, run_cases, tid, wait_for  # noqa: E402
 
-args = parse_args(lambda p: p.add_argument("--model", default="echo", help="streaming model id"))
+def _args(p):
+    p.add_argument("--model", default="echo", help="streaming model id")
+    p.add_argument("--sms-phone", help="phone for the SMS login case (E.164)")
+    p.add_argument("--code-file", help="where the test harness writes the SMS code it was sent")
+
+
+args = parse_args(_args)
 PASSWORD = "correct horse 42"
 USER = {"name": "ui_" + uuid.uuid4().hex[:10]}
 D = {}  # drivers
@@ -352,6 +358,42 @@ def logout():
     wait_for(d, lambda d: q(d, "login-screen").is_displayed(), 10)
 
 
+def sms_login():
+    """SMS code login from the login screen: the code the `log` provider sent (the harness reads
+    it from the server and writes it to --code-file) logs a new account in."""
+    if not args.sms_phone or not args.code_file:
+        raise AssertionError("--sms-phone and --code-file are required")
+    d = D.get("main") or D.setdefault("main", new_driver(args))
+    d.get(args.base + "/")
+    wait_for(d, lambda d: q(d, "login-screen").is_displayed() or q(d, "app-screen").is_displayed(), 10)
+    if q(d, "app-screen").is_displayed():
+        q(d, "logout").click()
+        wait_for(d, lambda d: q(d, "login-screen").is_displayed(), 10)
+    q(d, "tab-sms").click()
+    wait_for(d, lambda d: q(d, "login-phone").is_displayed(), 5, "SMS form not shown")
+    # A malformed number is refused in words before anything is sent.
+    q(d, "login-phone").send_keys("12345")
+    q(d, "sms-send").click()
+    wait_for(d, lambda d: "number" in d.find_element(By.ID, "login-error").text, 5, "no phone error")
+    q(d, "login-phone").clear()
+    q(d, "login-phone").send_keys(args.sms_phone)
+    q(d, "sms-send").click()
+    wait_for(d, lambda d: os.path.exists(args.code_file), 20, "no code was sent")
+    with open(args.code_file) as f:
+        code = f.read().strip()
+    assert len(code) == 6 and code.isdigit(), code
+    # A wrong code first: refused in words, still on the login screen.
+    wrong = "%06d" % ((int(code) + 1) % 1000000)
+    q(d, "login-code").send_keys(wrong)
+    q(d, "sms-submit").click()
+    wait_for(d, lambda d: "code" in d.find_element(By.ID, "login-error").text.lower(), 10, "no wrong-code error")
+    q(d, "login-code").clear()
+    q(d, "login-code").send_keys(code)
+    q(d, "sms-submit").click()
+    wait_app(d)
+    assert d.execute_script("return sessionStorage.getItem('questech.refresh_token')"), "no session"
+
+
 def console_clean():
     """No CSP violation and no uncaught error in any page of the run."""
     d = D.get("main")
@@ -370,5 +412,6 @@ if __name__ == "__main__":
         ("xss_inert", xss_inert),
         ("phone_layout", phone_layout),
         ("logout", logout),
+        ("sms_login", sms_login),
         ("console_clean", console_clean),
     ])

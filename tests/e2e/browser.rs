@@ -108,11 +108,45 @@ async fn assert_all_books(node: &TestApp) {
     assert_eq!(streaming, 0, "no turn left streaming");
 }
 
+/// Waits for the SMS code sent to `phone` and writes it to `file` (whole, by a rename).
+async fn relay_sms_code(state: questech::AppState, phone: String, file: PathBuf) {
+    let ph = questech::auth::crypto::phone_hash(&state.config.encryption_key, &phone);
+    let key = questech::http::sms::debug_code_key(&ph);
+    loop {
+        if let Ok(Some(code)) = state.cache.get(&key).await {
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, code).unwrap();
+            std::fs::rename(&tmp, &file).unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_app_in_chromium() {
     run(Backend::Sqlite, &[], |app| async move {
         let (node, up) = browser_node(&app).await;
-        let summary = run_script("app_test.py", &node, &["--model", "gpt-4o-mini"]).await;
+        // The SMS case: the `log` provider's code is read from the server's cache (the
+        // documented dev aid) and handed to the script through a file.
+        let phone = format!("+4477009{:05}", rand::random::<u32>() % 100_000);
+        let code_file = node.data_dir.join(format!("sms-code-{}", random_tag()));
+        let relay = tokio::spawn(relay_sms_code(
+            node.state.clone(),
+            phone.clone(),
+            code_file.clone(),
+        ));
+        let code_arg = code_file.to_string_lossy().into_owned();
+        let args = [
+            "--model",
+            "gpt-4o-mini",
+            "--sms-phone",
+            phone.as_str(),
+            "--code-file",
+            code_arg.as_str(),
+        ];
+        let summary = run_script("app_test.py", &node, &args).await;
+        relay.abort();
         if summary.is_null() {
             return;
         }

@@ -591,7 +591,7 @@ pub fn ci_tool(var: &str, bin: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-fn random_tag() -> String {
+pub fn random_tag() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
