@@ -24,6 +24,7 @@ def _args(p):
     p.add_argument("--model", default="echo", help="streaming model id")
     p.add_argument("--sms-phone", help="phone for the SMS login case (E.164)")
     p.add_argument("--code-file", help="where the test harness writes the SMS code it was sent")
+    p.add_argument("--only", help="run only this case (e.g. token_refresh against a short JWT TTL)")
 
 
 args = parse_args(_args)
@@ -394,6 +395,27 @@ def sms_login():
     assert d.execute_script("return sessionStorage.getItem('questech.refresh_token')"), "no session"
 
 
+def token_refresh():
+    """Against a server with a few seconds of access-token life: the app refreshes before each
+    token expires (rotating the refresh token in sessionStorage) and keeps working, with no
+    login screen and no failed request."""
+    d = D.get("main") or D.setdefault("main", new_driver(args))
+    login(d, args.base)
+    seen = set()
+    deadline = time.time() + 9
+    while time.time() < deadline:
+        seen.add(d.execute_script("return sessionStorage.getItem('questech.refresh_token')"))
+        time.sleep(0.2)
+    seen.discard(None)
+    assert len(seen) >= 3, f"refresh token rotated {len(seen) - 1} times in 9 s"
+    assert not q(d, "login-screen").is_displayed(), "logged out by an expired token"
+    new_conversation(d)
+    type_and_send(d, "still signed in")
+    wait_assistant(d)
+    bad = [line for line in console(d) if "401" in line]
+    assert not bad, "\n".join(bad[:5])
+
+
 def console_clean():
     """No CSP violation and no uncaught error in any page of the run."""
     d = D.get("main")
@@ -404,6 +426,8 @@ def console_clean():
 
 
 if __name__ == "__main__":
+    if args.only:
+        run_cases(args, [(args.only, globals()[args.only])])
     run_cases(args, [
         ("register_and_stream", register_and_stream),
         ("cancel", cancel),

@@ -156,6 +156,30 @@ async fn chat_app_in_chromium() {
     .await
 }
 
+/// Access tokens that live 4 s: the app refreshes ahead of every expiry and keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_app_refreshes_tokens_in_chromium() {
+    run(
+        Backend::Sqlite,
+        &[("JWT_ACCESS_TTL_SECS", "4")],
+        |app| async move {
+            let (node, _up) = browser_node(&app).await;
+            let args = ["--model", "gpt-4o-mini", "--only", "token_refresh"];
+            let summary = run_script("app_test.py", &node, &args).await;
+            if summary.is_null() {
+                return;
+            }
+            let refreshed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens")
+                .fetch_one(&node.state.db.write)
+                .await
+                .unwrap();
+            assert!(refreshed >= 3, "refresh tokens issued: {refreshed}");
+            assert_all_books(&node).await;
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_console_in_chromium() {
     run(Backend::Sqlite, &[], |app| async move {
