@@ -66,6 +66,8 @@ const SENTENCES = {
   unauthorized: () => 'Your session has ended. Please log in again.',
   forbidden: () => 'Your account is not allowed to do this.',
   internal_error: () => 'Something went wrong on the server. Please try again.',
+  unavailable: (e) =>
+    `The service is briefly unavailable. Send your message again in ${retry(e, 'a few')} s.`,
   network_error: () => 'The server cannot be reached. Check your connection.',
   not_connected: () => 'Not connected to the server. Reconnecting — try again in a moment.',
 };
