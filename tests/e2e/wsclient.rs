@@ -47,7 +47,18 @@ impl Ws {
     }
 
     pub async fn try_connect(app: &TestApp, auth: Auth<'_>) -> Result<Ws, Refused> {
-        let ws_base = app.base.replacen("http://", "ws://", 1);
+        Self::try_connect_to(&app.base, auth).await
+    }
+
+    /// Connects to the server at `base` (`http://host:port`), e.g. a node in a child process.
+    pub async fn connect_to(base: &str, token: &str) -> Ws {
+        Self::try_connect_to(base, Auth::Header(token))
+            .await
+            .unwrap_or_else(|r| panic!("websocket refused: {r:?}"))
+    }
+
+    pub async fn try_connect_to(base: &str, auth: Auth<'_>) -> Result<Ws, Refused> {
+        let ws_base = base.replacen("http://", "ws://", 1);
         let url = match auth {
             Auth::Query(t) => format!("{ws_base}/ws?token={t}"),
             _ => format!("{ws_base}/ws"),
