@@ -27,6 +27,7 @@ mod chat_images;
 mod chat_rest;
 mod chat_ws;
 mod cli;
+mod cluster;
 mod content;
 mod credits;
 mod errors;

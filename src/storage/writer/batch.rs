@@ -1,6 +1,7 @@
 //! The writer task: batches, their transaction, and the one-by-one retry after a failed batch.
 
 use super::*;
+use questech_engine::EngineError;
 
 // ---- the writer task ----------------------------------------------------------------------------
 
@@ -13,36 +14,67 @@ pub(super) async fn run(
     let mut conn: Option<PoolConnection<Any>> = None;
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let c = match conn.take() {
-            Some(c) => c,
-            None => match pool.acquire().await {
-                Ok(mut c) => {
-                    // A long-lived connection of its own; never handed back mid-transaction.
-                    c.close_on_drop();
-                    c
-                }
-                Err(e) => {
-                    let msg = format!("no database connection: {e}");
-                    for p in batch.drain(..) {
-                        p.fail(&msg);
+        let mut todo = std::mem::take(&mut batch);
+        // A connection kept from an earlier batch may have broken while idle (the database
+        // restarted, a proxy dropped it): when its BEGIN fails nothing was sent, so the batch
+        // goes once more on a fresh connection instead of failing.
+        let mut reused = conn.is_some();
+        loop {
+            let c = match conn.take() {
+                Some(c) => c,
+                None => match pool.acquire().await {
+                    Ok(mut c) => {
+                        // A long-lived connection of its own; never handed back mid-transaction.
+                        c.close_on_drop();
+                        c
                     }
-                    continue;
+                    Err(e) => {
+                        let e = Error::from(e);
+                        for p in todo.drain(..) {
+                            p.fail("no database connection", &e);
+                        }
+                        break;
+                    }
+                },
+            };
+            match write_batch(c, dialect, todo, &stats).await {
+                Done(c) => {
+                    conn = c;
+                    break;
                 }
-            },
-        };
-        conn = write_batch(c, dialect, std::mem::take(&mut batch), &stats).await;
+                NotBegun(again, _) if reused => {
+                    todo = again;
+                    reused = false;
+                }
+                NotBegun(failed, e) => {
+                    for p in failed {
+                        p.fail("database error", &e);
+                    }
+                    break;
+                }
+            }
+        }
         batch.reserve(MAX_BATCH);
     }
 }
 
-/// Applies a batch and answers every operation of it. Returns the connection when it is still
-/// in a known state (no open transaction).
+/// What became of a batch given to [`write_batch`].
+pub(super) enum BatchEnd {
+    /// Every operation was answered; the connection, when it is still in a known state.
+    Done(Option<PoolConnection<Any>>),
+    /// `BEGIN` failed: nothing of the batch was sent, nobody was answered, the connection is
+    /// dropped.
+    NotBegun(Vec<Pending>, Error),
+}
+use BatchEnd::{Done, NotBegun};
+
+/// Applies a batch and answers every operation of it, unless it could not even begin.
 pub(super) async fn write_batch(
     mut conn: PoolConnection<Any>,
     dialect: Dialect,
     batch: Vec<Pending>,
     stats: &Stats,
-) -> Option<PoolConnection<Any>> {
+) -> BatchEnd {
     let started = Instant::now();
     match attempt(&mut conn, dialect, &batch).await {
         Ok(applied) => {
@@ -56,16 +88,19 @@ pub(super) async fn write_batch(
             for (p, a) in batch.into_iter().zip(applied) {
                 p.answer(Ok(a));
             }
-            return Some(conn);
+            return Done(Some(conn));
+        }
+        Err(Failure::Begin(e)) => {
+            conn.close_on_drop();
+            return NotBegun(batch, e);
         }
         Err(Failure::Commit(e)) => {
             // Unknown whether it committed: tell everyone, retry nothing, drop the connection.
-            let msg = format!("database commit failed: {e}");
             for p in batch {
-                p.fail(&msg);
+                p.fail("database commit failed", &e);
             }
             conn.close_on_drop();
-            return None;
+            return Done(None);
         }
         Err(Failure::Statement(e)) => {
             if batch.len() == 1 {
@@ -74,16 +109,15 @@ pub(super) async fn write_batch(
                     let answer = single_failure(&mut conn, &p, e).await;
                     p.answer(answer);
                 }
-                return Some(conn);
+                return Done(Some(conn));
             }
         }
         Err(Failure::Rollback(e)) => {
-            let msg = format!("database error: {e}");
             for p in batch {
-                p.fail(&msg);
+                p.fail("database error", &e);
             }
             conn.close_on_drop();
-            return None;
+            return Done(None);
         }
     }
     // The batch failed on a statement and was rolled back: apply each operation alone, so the
@@ -98,25 +132,24 @@ pub(super) async fn write_batch(
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 match applied.pop() {
                     Some(a) => p.answer(Ok(a)),
-                    None => p.fail("nothing applied"),
+                    None => p.answer(Err(Error::Internal(anyhow::anyhow!("nothing applied")))),
                 }
             }
             Err(Failure::Statement(e)) => {
                 let answer = single_failure(&mut conn, &p, e).await;
                 p.answer(answer);
             }
-            Err(Failure::Commit(e) | Failure::Rollback(e)) => {
-                let msg = format!("database error: {e}");
-                p.fail(&msg);
+            Err(Failure::Begin(e) | Failure::Commit(e) | Failure::Rollback(e)) => {
+                p.fail("database error", &e);
                 for rest in ops {
-                    rest.fail(&msg);
+                    rest.fail("database error", &e);
                 }
                 conn.close_on_drop();
-                return None;
+                return Done(None);
             }
         }
     }
-    Some(conn)
+    Done(Some(conn))
 }
 
 /// The answer to an operation that failed alone (its transaction is rolled back). A user
@@ -142,6 +175,8 @@ pub(super) async fn single_failure(
 }
 
 pub(super) enum Failure {
+    /// `BEGIN` failed: nothing was sent.
+    Begin(Error),
     /// A statement failed; the transaction was rolled back.
     Statement(Error),
     /// The rollback itself failed: the connection's state is unknown.
@@ -162,7 +197,7 @@ pub(super) async fn attempt(
         Dialect::MySql => "BEGIN",
     };
     if let Err(e) = conn.execute(begin).await {
-        return Err(Failure::Rollback(e.into()));
+        return Err(Failure::Begin(e.into()));
     }
     let now = now_ms();
     let mut rows = Rows::default();
@@ -193,8 +228,18 @@ pub(super) async fn attempt(
 }
 
 impl Pending {
-    pub(super) fn fail(self, msg: &str) {
-        self.answer(Err(Error::Internal(anyhow::anyhow!("{msg}"))));
+    /// Answers the failure `e` of the batch: an outage (the database does not answer) as
+    /// such — 503 `unavailable`, so clients retry — anything else as internal.
+    pub(super) fn fail(self, context: &str, e: &Error) {
+        let answer = match e {
+            Error::Engine(EngineError::Unavailable { retry_after }) => {
+                Error::Engine(EngineError::Unavailable {
+                    retry_after: *retry_after,
+                })
+            }
+            _ => Error::Internal(anyhow::anyhow!("{context}: {e}")),
+        };
+        self.answer(Err(answer));
     }
 
     /// Sends the caller its answer (moving the operation's message into it). A caller that

@@ -249,14 +249,7 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, HeaderMap, Value) {
-        let mut req = self.client.request(method, self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        self.send(req).await
+        call(&self.client, method, &self.url(path), token, body).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Value) {
@@ -376,6 +369,26 @@ impl Drop for TestApp {
     }
 }
 
+/// One request to `url` on `client` (bearer `token`, JSON `body`), read like [`TestApp::send`]:
+/// for servers that are not a [`TestApp`], such as child processes and the nginx in front of them.
+pub async fn call(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Value) {
+    let mut req = client.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request failed to complete");
+    read(res).await
+}
+
 async fn read(res: reqwest::Response) -> (StatusCode, HeaderMap, Value) {
     let status = res.status();
     let headers = res.headers().clone();
@@ -390,7 +403,8 @@ async fn read(res: reqwest::Response) -> (StatusCode, HeaderMap, Value) {
     (status, headers, body)
 }
 
-fn registered(username: &str, b: Value) -> RegisteredUser {
+/// A [`RegisteredUser`] from a register or login answer.
+pub fn registered(username: &str, b: Value) -> RegisteredUser {
     RegisteredUser {
         id: b["user"]["id"]
             .as_str()
