@@ -22,6 +22,7 @@
 
 mod context;
 mod db_outage;
+mod failover;
 mod invariants;
 mod ledger;
 mod load;
