@@ -78,6 +78,9 @@ pub struct Core {
     /// Cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
     pub(crate) turn_rate: RateMeter,
+    /// Turns whose end could not be stored (`(conversation_id, turn_id)`): their locks must stop
+    /// being renewed so that a takeover records them ([`Engine::take_abandoned`]).
+    pub(crate) abandoned: std::sync::Mutex<Vec<(i64, i64)>>,
     supervisor: OnceLock<ActorRef<SupMsg>>,
 }
 
@@ -113,6 +116,7 @@ impl Engine {
             tracker,
             shutdown,
             turn_rate: RateMeter::default(),
+            abandoned: std::sync::Mutex::new(Vec::new()),
             supervisor: OnceLock::new(),
         });
         let (sup, _) = Actor::spawn(None, Supervisor, core.clone()).await?;

@@ -141,6 +141,7 @@ impl From<&ErrorBody> for EngineError {
             "overloaded" => EngineError::Overloaded { retry_after },
             "upstream_error" => EngineError::UpstreamError(m),
             "upstream_timeout" => EngineError::UpstreamTimeout,
+            "unavailable" => EngineError::Unavailable { retry_after },
             _ => EngineError::Internal(m),
         }
     }
@@ -247,6 +248,7 @@ mod tests {
             EngineError::Overloaded { retry_after: 2 },
             EngineError::UpstreamError("x".into()),
             EngineError::UpstreamTimeout,
+            EngineError::Unavailable { retry_after: 2 },
             EngineError::Internal("x".into()),
         ] {
             let back = EngineError::from(&ErrorBody::from(&e));

@@ -77,4 +77,20 @@ impl Engine {
             },
         );
     }
+
+    /// A turn whose end could not be stored (the database did not answer): its lock is handed
+    /// to the lease keeper, which stops renewing it so a takeover stores it as failed.
+    pub fn abandon_turn(&self, conversation_id: i64, turn_id: i64) {
+        if let Ok(mut v) = self.abandoned.lock() {
+            v.push((conversation_id, turn_id));
+        }
+    }
+
+    /// The abandoned turns not yet handed over (the caller gives back what it could not do).
+    pub fn take_abandoned(&self) -> Vec<(i64, i64)> {
+        self.abandoned
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
 }

@@ -200,6 +200,8 @@ impl Actor for Supervisor {
                             Ok(a) => a,
                             Err(e) => {
                                 tracing::error!(conversation_id = id, error = %e, "abort of lost turn failed");
+                                // Its lock stops being renewed: a takeover records the turn.
+                                Engine(core.clone()).abandon_turn(id, turn);
                                 false
                             }
                         };

@@ -97,6 +97,15 @@ impl Heartbeat {
         if let Err(e) = self.limits.renew().await {
             tracing::warn!(error = %e, "could not renew in-flight slot leases");
         }
+        let abandoned = self.engine.take_abandoned();
+        if !abandoned.is_empty() {
+            if let Err(e) = lease::abandon(&self.db, &abandoned).await {
+                tracing::warn!(error = %e, "could not hand over abandoned turns; will retry");
+                for (c, t) in abandoned {
+                    self.engine.abandon_turn(c, t);
+                }
+            }
+        }
         match lease::renew(&self.db, &self.node_id, lease_ms).await {
             Ok(()) => true,
             Err(e) => {

@@ -44,6 +44,22 @@ pub async fn renew(db: &Db, node_id: &str, lease_ms: i64) -> Result<()> {
     Ok(())
 }
 
+/// Stops renewing the locks of turns whose end could not be stored: they expire now, and the
+/// next sweep (of any node) takes them over. A lock that moved on (the end did commit) is left.
+pub async fn abandon(db: &Db, turns: &[(i64, i64)]) -> Result<()> {
+    for (conversation_id, turn_id) in turns {
+        sqlx::query(
+            "UPDATE conversations SET turn_node = NULL, turn_expires = 0 WHERE id = ? AND turn_id = ?",
+        )
+        .bind(conversation_id)
+        .bind(turn_id)
+        .execute(&db.write)
+        .await?;
+    }
+    // Their reservations (still renewed) go with the lock: a takeover releases them.
+    Ok(())
+}
+
 /// Takes over every turn lock and reservation whose lease ran out, and with `own` those of
 /// that node whatever their lease (a node at start-up or after its drain: what its earlier run
 /// left). Returns the turns it stored as failed; each is taken over exactly once, by whichever

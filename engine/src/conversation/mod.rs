@@ -234,7 +234,9 @@ impl Actor for Conversation {
             let user = turn.user_id;
             let unlimited = turn.unlimited;
             core.tracker.clone().spawn(async move {
-                let _ = core.store.abort_turn(conv, Some(turn.id)).await;
+                if core.store.abort_turn(conv, Some(turn.id)).await.is_err() {
+                    crate::Engine(core.clone()).abandon_turn(conv, turn.id);
+                }
                 core.limits.release(user, unlimited).await;
             });
         }

@@ -229,9 +229,16 @@ impl ConvState {
             Ok(done) => (Some(done), bill.error.clone()),
             Err(e) => {
                 tracing::error!(conversation_id = self.id, error = %e, "could not store the end of a turn");
-                // Unknown what was committed: rebuild from the database next time.
+                // Unknown what was committed: rebuild from the database next time, and let
+                // the lock go to a takeover if it is still held (it is no longer renewed).
                 self.loaded = None;
-                let err = EngineError::Internal("could not store the reply".into());
+                engine.abandon_turn(self.id, turn.id);
+                let err = match e {
+                    EngineError::Unavailable { retry_after } => {
+                        EngineError::Unavailable { retry_after }
+                    }
+                    _ => EngineError::Internal("could not store the reply".into()),
+                };
                 (None, Some(err))
             }
         };

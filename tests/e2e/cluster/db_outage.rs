@@ -15,8 +15,10 @@ use crate::common::uname;
 use crate::wsclient::Ws;
 
 const OUTAGE: Duration = Duration::from_secs(10);
-/// The pool waits 2 s for a connection; an answer must come soon after.
-const ANSWER_WITHIN: Duration = Duration::from_millis(2500);
+/// No hang: the pool waits 2 s for a connection, and a turn whose end was being stored when the
+/// outage began waits for it twice (the store is retried once). A bound on the order of that,
+/// not a performance figure (CI never fails on a time); the measured times are printed.
+const ANSWER_WITHIN: Duration = Duration::from_secs(6);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_answers_503_and_recovers() {
@@ -158,9 +160,17 @@ async fn database_outage_answers_503_and_recovers() {
     }
     let sum = c.invariants().await;
     assert!(sum.charged_messages >= 3 + 2, "{sum:?}");
+    let mut refusals: Vec<Duration> = outcomes
+        .iter()
+        .filter(|o| o.status == StatusCode::SERVICE_UNAVAILABLE)
+        .map(|o| o.took)
+        .collect();
+    refusals.sort();
     eprintln!(
-        "cluster db outage: {} requests, {refused_during} refused during the outage, case {:?}",
+        "cluster db outage: {} requests, {refused_during} refused during the outage (503 after: median {:?}, max {:?}), case {:?}",
         outcomes.len(),
+        refusals.get(refusals.len() / 2),
+        refusals.last(),
         t.elapsed()
     );
 }
