@@ -4,97 +4,44 @@
 //! user gets `chat.error` (`unavailable`), nothing stays locked, reserved or counted in flight.
 //! A paused node that comes back cannot settle the turn that was taken over (fencing).
 //!
-//! The survivor is the in-process test node; the node that dies is the real binary in a child
-//! process over the same MariaDB and Redis.
+//! The survivor is the cluster harness's in-process node; the node that dies is its one child
+//! process (the real binary) over the same MariaDB and Redis.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{spawn_app, Backend, TestApp};
+use crate::cluster::{Cluster, Options};
+use crate::common::TestApp;
 use crate::wsclient::{all_messages, assert_credit_invariants, assert_gap_free, reserved, Ws};
 
 const LEASE_SECS: &str = "2";
 
-/// A node in a child process, sharing the test node's database and Redis prefix.
-struct Child {
-    child: tokio::process::Child,
-    base: String,
-    node_id: String,
-}
-
-impl Child {
-    async fn start(app: &TestApp, node_id: &str) -> Child {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let log = std::fs::File::create(app.data_dir.join(format!("{node_id}.log"))).unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_questech"));
-        cmd.env_clear()
-            .envs(app.env.iter())
-            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-            .env("NODE_ID", node_id)
-            .env("RUST_LOG", "warn")
-            .current_dir(&app.data_dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let child = cmd.spawn().expect("spawn questech");
-        let base = format!("http://127.0.0.1:{port}");
-        let c = reqwest::Client::builder().no_proxy().build().unwrap();
-        for _ in 0..300 {
-            if c.get(format!("{base}/health")).send().await.is_ok() {
-                return Child {
-                    child,
-                    base,
-                    node_id: node_id.to_owned(),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("node {node_id} did not come up");
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let st = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill {sig}");
-    }
-
-    async fn kill9(&mut self) {
-        self.signal("-KILL");
-        let _ = self.child.wait().await;
-    }
-}
-
-/// A survivor (in-process) and a node to lose (child), short leases, slow echo replies, one
+/// One child node to lose and the in-process survivor: short leases, slow echo replies, one
 /// turn in flight per user.
-async fn cluster() -> Option<(TestApp, Child)> {
-    let app = spawn_app(
-        Backend::MySqlRedis,
-        &[
-            ("NODE_LEASE_SECS", LEASE_SECS),
-            ("ECHO_DELAY_MS", "40"),
-            ("USER_MAX_INFLIGHT", "1"),
-        ],
-    )
-    .await?;
-    let node = format!("lease-b-{:x}", rand::random::<u32>());
-    let b = Child::start(&app, &node).await;
-    Some((app, b))
+async fn cluster() -> Option<Cluster> {
+    let env = [
+        ("NODE_LEASE_SECS", LEASE_SECS),
+        ("ECHO_DELAY_MS", "40"),
+        ("USER_MAX_INFLIGHT", "1"),
+    ];
+    Cluster::start_with(Options {
+        nodes: 1,
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+        ..Options::default()
+    })
+    .await
 }
 
-/// Starts a long turn through node `b` from a device connected there, with a second device of
-/// the same user on the survivor; returns both devices once the survivor's saw a delta.
-async fn turn_on(b: &Child, app: &TestApp, token: &str, conv: &str) -> (Ws, Ws) {
-    let mut there = Ws::connect_to(&b.base, token).await;
+/// Starts a long turn through the child node from a device connected there, with a second
+/// device of the same user on the survivor; returns both devices once the survivor's saw a delta.
+async fn turn_on(c: &Cluster, token: &str, conv: &str) -> (Ws, Ws) {
+    let app = &c.app;
+    let mut there = Ws::connect_to(&c.node_url(0), token).await;
     let mut here = Ws::connect(app, token).await;
     let words = vec!["word"; 400].join(" ");
     there
@@ -151,48 +98,49 @@ async fn lost_error(here: &mut Ws, since: Instant) -> Value {
 
 #[tokio::test]
 async fn a_killed_node_is_taken_over_by_a_survivor() {
-    let Some((app, mut b)) = cluster().await else {
+    let Some(c) = cluster().await else {
         return;
     };
+    let app = &c.app;
     let u = app.register(&crate::common::uname("lk")).await;
-    let conv = crate::wsclient::conv_id(&app, &u.access, "echo").await;
-    let (_there, mut here) = turn_on(&b, &app, &u.access, &conv).await;
-    b.kill9().await;
+    let conv = crate::wsclient::conv_id(app, &u.access, "echo").await;
+    let (_there, mut here) = turn_on(&c, &u.access, &conv).await;
+    c.kill(0).await;
     let t0 = Instant::now();
     lost_error(&mut here, t0).await;
-    assert_taken_over(&app, &u.access, u.uid(), &conv).await;
+    assert_taken_over(app, &u.access, u.uid(), &conv).await;
 }
 
 #[tokio::test]
 async fn a_killed_node_restarted_takes_over_its_own_turns() {
-    let Some((app, mut b)) = cluster().await else {
+    let Some(c) = cluster().await else {
         return;
     };
+    let app = &c.app;
     let u = app.register(&crate::common::uname("lr")).await;
-    let conv = crate::wsclient::conv_id(&app, &u.access, "echo").await;
-    let (_there, mut here) = turn_on(&b, &app, &u.access, &conv).await;
-    let node = b.node_id.clone();
-    b.kill9().await;
+    let conv = crate::wsclient::conv_id(app, &u.access, "echo").await;
+    let (_there, mut here) = turn_on(&c, &u.access, &conv).await;
+    c.kill(0).await;
     let t0 = Instant::now();
     // Back at once, under the same name: its start takes over what its earlier run held.
-    let b2 = Child::start(&app, &node).await;
+    c.restart(0).await;
     lost_error(&mut here, t0).await;
-    assert_taken_over(&app, &u.access, u.uid(), &conv).await;
-    drop(b2);
+    assert_taken_over(app, &u.access, u.uid(), &conv).await;
 }
 
 #[tokio::test]
 async fn a_paused_node_cannot_settle_a_turn_taken_over() {
-    let Some((app, b)) = cluster().await else {
+    let Some(c) = cluster().await else {
         return;
     };
+    let app = &c.app;
     let u = app.register(&crate::common::uname("lp")).await;
-    let conv = crate::wsclient::conv_id(&app, &u.access, "echo").await;
-    let (mut there, mut here) = turn_on(&b, &app, &u.access, &conv).await;
-    b.signal("-STOP");
+    let conv = crate::wsclient::conv_id(app, &u.access, "echo").await;
+    let (mut there, mut here) = turn_on(&c, &u.access, &conv).await;
+    c.pause(0);
     let t0 = Instant::now();
     lost_error(&mut here, t0).await;
-    b.signal("-CONT");
+    c.resume(0);
     // The device on the paused node hears of the takeover once its node runs again.
     there
         .until(|f| f["type"] == "chat.error" && f["id"] == "lost-1")
@@ -201,7 +149,7 @@ async fn a_paused_node_cannot_settle_a_turn_taken_over() {
     // stores and charges nothing. Give it time, then check the stored state is the takeover's.
     let start = Instant::now();
     loop {
-        let (s, body) = crate::wsclient::say(&app, &u.access, &conv, "still there").await;
+        let (s, body) = crate::wsclient::say(app, &u.access, &conv, "still there").await;
         if s == StatusCode::OK {
             assert_eq!(body["assistant_message"]["seq"], 4, "{body}");
             break;
@@ -213,10 +161,9 @@ async fn a_paused_node_cannot_settle_a_turn_taken_over() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The paused node's own end of the turn was refused by the fence (it says so in its log).
-    let log = app.data_dir.join(format!("{}.log", b.node_id));
     let start = Instant::now();
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = c.node_log(0);
         if text.contains("turn taken over by another node") {
             break;
         }
@@ -226,7 +173,7 @@ async fn a_paused_node_cannot_settle_a_turn_taken_over() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let msgs = all_messages(&app, &u.access, &conv).await;
+    let msgs = all_messages(app, &u.access, &conv).await;
     assert_gap_free(&msgs);
     let statuses: Vec<(&str, &str)> = msgs
         .iter()
@@ -243,20 +190,20 @@ async fn a_paused_node_cannot_settle_a_turn_taken_over() {
         "{msgs:?}"
     );
     assert_eq!(msgs[1]["credits_charged"], 0);
-    assert_eq!(reserved(&app, u.uid()).await, 0);
-    assert_credit_invariants(&app, u.uid()).await;
+    assert_eq!(reserved(app, u.uid()).await, 0);
+    assert_credit_invariants(app, u.uid()).await;
     // The resumed node serves again: a turn through it completes after the stored ones.
-    let c = reqwest::Client::new();
-    let r: Value = c
-        .post(format!("{}/chat/conversations/{conv}/messages", b.base))
-        .bearer_auth(&u.access)
-        .json(&json!({"content": "and you"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let path = format!("/chat/conversations/{conv}/messages");
+    let body = json!({"content": "and you"});
+    let (_, _, r) = c
+        .call(
+            &c.node_url(0),
+            Method::POST,
+            &path,
+            Some(&u.access),
+            Some(body),
+        )
+        .await;
     assert_eq!(r["assistant_message"]["seq"], 6, "{r}");
-    assert_credit_invariants(&app, u.uid()).await;
+    assert_credit_invariants(app, u.uid()).await;
 }
