@@ -22,6 +22,8 @@ mod tests;
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 pub use bill::{bill, Bill, Collector, Content, End, Outcome, TurnStatus};
 pub use call::{CallEvent, CallKind, CallSpec, Called};
 
@@ -109,13 +111,22 @@ impl Engine {
 
 /// Runs `f`, and once more after a short pause if it fails: a bill must not be lost to one
 /// passing database error. The one settle retry of the engine.
+///
+/// Not retried: a store that already waited out its connection timeout (`unavailable` after
+/// [`NO_RETRY_AFTER`] or more). The database is down, not blinking; a second wait would only
+/// double the time the client waits for its 503.
 pub async fn retry_once<T, F, Fut>(what: &str, mut f: F) -> Result<T, EngineError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, EngineError>>,
 {
+    let started = Instant::now();
     match f().await {
         Ok(v) => Ok(v),
+        Err(e @ EngineError::Unavailable { .. }) if started.elapsed() >= NO_RETRY_AFTER => {
+            tracing::warn!(error = %e, "{what} failed; the store is down, not retried");
+            Err(e)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "{what} failed; retrying once");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -123,3 +134,6 @@ where
         }
     }
 }
+
+/// A failure slower than this is a store that waited for a connection and got none.
+pub const NO_RETRY_AFTER: Duration = Duration::from_millis(250);

@@ -351,3 +351,45 @@ async fn failure_before_output_costs_nothing() {
     assert_eq!(called.bill.status, TurnStatus::Failed);
     assert_eq!(s.store.reserved.load(Ordering::SeqCst), 0);
 }
+
+/// A passing error is retried; a store that waited out its connection timeout is not (the
+/// client's 503 would take twice as long, and the second wait would fail the same way).
+#[tokio::test(start_paused = true)]
+async fn retry_once_skips_a_store_that_is_down() {
+    let calls = AtomicU32::new(0);
+    let fast: Result<(), _> = retry_once("fast", || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Err(EngineError::Unavailable { retry_after: 2 })
+    })
+    .await;
+    assert!(fast.is_err());
+    assert_eq!(
+        calls.swap(0, Ordering::SeqCst),
+        2,
+        "a quick failure is retried"
+    );
+
+    let started = tokio::time::Instant::now();
+    let slow: Result<(), _> = retry_once("slow", || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(750)).await;
+        Err(EngineError::Unavailable { retry_after: 2 })
+    })
+    .await;
+    assert!(matches!(slow, Err(EngineError::Unavailable { .. })));
+    assert_eq!(
+        calls.swap(0, Ordering::SeqCst),
+        1,
+        "a timed-out store is not"
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(750));
+
+    let other: Result<(), _> = retry_once("slow internal", || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(750)).await;
+        Err(EngineError::Internal("deadlock".into()))
+    })
+    .await;
+    assert!(other.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "other errors are retried");
+}
