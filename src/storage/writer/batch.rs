@@ -29,7 +29,13 @@ pub(super) async fn run(
                         c
                     }
                     Err(e) => {
+                        // What queued up meanwhile would wait for the same pool in turn, each
+                        // for its own timeout: it gets the answer now, so no operation waits
+                        // much longer than one timeout for its 503.
                         let e = Error::from(e);
+                        while let Ok(p) = rx.try_recv() {
+                            todo.push(p);
+                        }
                         for p in todo.drain(..) {
                             p.fail("no database connection", &e);
                         }
@@ -76,7 +82,7 @@ pub(super) async fn write_batch(
     stats: &Stats,
 ) -> BatchEnd {
     let started = Instant::now();
-    match attempt(&mut conn, dialect, &batch).await {
+    match attempt_again_on_deadlock(&mut conn, dialect, &batch).await {
         Ok(applied) => {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
@@ -127,7 +133,7 @@ pub(super) async fn write_batch(
     let mut ops = batch.into_iter();
     while let Some(p) = ops.next() {
         let one = std::slice::from_ref(&p);
-        match attempt(&mut conn, dialect, one).await {
+        match attempt_again_on_deadlock(&mut conn, dialect, one).await {
             Ok(mut applied) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 match applied.pop() {
@@ -183,6 +189,43 @@ pub(super) enum Failure {
     Rollback(Error),
     /// `COMMIT` failed: whether it happened is unknown.
     Commit(Error),
+}
+
+/// How many times a transaction chosen as a deadlock victim is applied again.
+const DEADLOCK_RETRIES: usize = 2;
+
+/// [`attempt`], applied again when MySQL picked it as a deadlock victim: InnoDB rolled it back
+/// whole, so nothing of it stands and trying again is safe. (A turn beginning while a takeover
+/// records a lost turn of the same conversation locks the same rows in another order.)
+async fn attempt_again_on_deadlock(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    batch: &[Pending],
+) -> std::result::Result<Vec<Applied>, Failure> {
+    let mut tries = 0;
+    loop {
+        match attempt(conn, dialect, batch).await {
+            Err(Failure::Statement(e)) if tries < DEADLOCK_RETRIES && is_deadlock(&e) => {
+                tries += 1;
+                tracing::debug!(error = %e, "deadlock victim; applying the transaction again");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// SQLSTATE 40001: the transaction was rolled back as a deadlock victim (or serialization
+/// failure) and may be tried again.
+fn is_deadlock(e: &Error) -> bool {
+    let Error::Internal(e) = e else {
+        return false;
+    };
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("40001")
+        )
+    })
 }
 
 pub(super) async fn attempt(
