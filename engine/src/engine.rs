@@ -78,8 +78,8 @@ pub struct Core {
     /// Cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
     pub(crate) turn_rate: RateMeter,
-    /// Turns whose end could not be stored (`(conversation_id, turn_id)`): their locks must stop
-    /// being renewed so that a takeover records them ([`Engine::take_abandoned`]).
+    /// Turns whose end could not be stored (`(conversation_id, turn_id)`): the lease keeper
+    /// stores them as failed once the database answers ([`Engine::take_abandoned`]).
     pub(crate) abandoned: std::sync::Mutex<Vec<(i64, i64)>>,
     supervisor: OnceLock<ActorRef<SupMsg>>,
 }
@@ -326,6 +326,15 @@ impl Engine {
     pub fn abort_all_turns(&self) {
         for e in self.registry.conversations.iter() {
             let _ = e.send(ConvMsg::Abort);
+        }
+    }
+
+    /// Ends as failed `unavailable` every turn in flight on this node that began before
+    /// `before`: the node went longer than a lease without renewing, so their locks may have been
+    /// taken over (their ends are fenced either way). Turns begun since hold fresh leases.
+    pub fn abort_turns_started_before(&self, before: std::time::Instant) {
+        for e in self.registry.conversations.iter() {
+            let _ = e.send(ConvMsg::AbortStartedBefore(before));
         }
     }
 

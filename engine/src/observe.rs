@@ -78,8 +78,8 @@ impl Engine {
         );
     }
 
-    /// A turn whose end could not be stored (the database did not answer): its lock is handed
-    /// to the lease keeper, which stops renewing it so a takeover stores it as failed.
+    /// A turn whose end could not be stored (the database did not answer): handed to the lease
+    /// keeper, which stores it as failed once the database answers and frees the conversation.
     pub fn abandon_turn(&self, conversation_id: i64, turn_id: i64) {
         if let Ok(mut v) = self.abandoned.lock() {
             v.push((conversation_id, turn_id));

@@ -18,6 +18,10 @@ use crate::storage::lease::{self, LostTurn};
 use crate::storage::Db;
 use questech_engine::Engine;
 
+/// How often a node looks for turns of its own whose end could not be stored (cheap when there
+/// are none: one mutex).
+const ABANDONED_EVERY: Duration = Duration::from_millis(250);
+
 pub struct Heartbeat {
     pub db: Db,
     pub limits: Arc<CacheLimits>,
@@ -37,12 +41,7 @@ impl Heartbeat {
     fn tell(&self, lost: Vec<LostTurn>) -> usize {
         let n = lost.len();
         for l in lost {
-            tracing::warn!(
-                conversation_id = l.conversation_id,
-                turn_id = l.turn_id,
-                seq = l.message.seq,
-                "took over a turn whose node stopped renewing its lease"
-            );
+            l.log("took over a turn whose node stopped renewing its lease");
             self.engine
                 .turn_lost(l.user_id, l.conversation_id, l.client_msg_id);
         }
@@ -61,6 +60,10 @@ impl Heartbeat {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
+                    _ = tokio::time::sleep(ABANDONED_EVERY) => {
+                        self.record_abandoned().await;
+                        continue;
+                    }
                 }
                 let ok = self.beat().await;
                 let now = Instant::now();
@@ -71,9 +74,12 @@ impl Heartbeat {
                     }
                     // Longer than a lease without renewing: what this node held is forfeit
                     // (taken over, or about to be). Its turns stop here; their ends are fenced.
+                    // Those begun within the last lease hold a lease of their own from their start.
                     if last_ok.is_some_and(|t| now - t > self.lease) {
-                        tracing::warn!("this node did not renew its leases for longer than a lease; ending its turns");
-                        self.engine.abort_all_turns();
+                        tracing::warn!("this node did not renew its leases for longer than a lease; ending its turns older than a lease");
+                        if let Some(before) = now.checked_sub(self.lease) {
+                            self.engine.abort_turns_started_before(before);
+                        }
                     }
                     last_ok = Some(now);
                 } else {
@@ -91,21 +97,37 @@ impl Heartbeat {
         });
     }
 
+    /// Stores this node's abandoned turns (their end could not be stored) as failed, once the
+    /// database answers; gives them back to retry otherwise. Their devices were already told
+    /// `unavailable` by the turn itself.
+    async fn record_abandoned(&self) {
+        let abandoned = self.engine.take_abandoned();
+        if abandoned.is_empty() {
+            return;
+        }
+        match lease::abandon(&self.db, &self.node_id, &abandoned).await {
+            Ok(recorded) => {
+                for l in recorded {
+                    l.log("stored a turn whose end could not be stored as failed");
+                    self.engine.reload_conversation(l.conversation_id);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not record abandoned turns yet; will retry");
+                for (c, t) in abandoned {
+                    self.engine.abandon_turn(c, t);
+                }
+            }
+        }
+    }
+
     /// One renewal of everything this node holds; `false` if the database refused it.
     async fn beat(&self) -> bool {
         let lease_ms = self.lease.as_millis() as i64;
         if let Err(e) = self.limits.renew().await {
             tracing::warn!(error = %e, "could not renew in-flight slot leases");
         }
-        let abandoned = self.engine.take_abandoned();
-        if !abandoned.is_empty() {
-            if let Err(e) = lease::abandon(&self.db, &abandoned).await {
-                tracing::warn!(error = %e, "could not hand over abandoned turns; will retry");
-                for (c, t) in abandoned {
-                    self.engine.abandon_turn(c, t);
-                }
-            }
-        }
+        self.record_abandoned().await;
         match lease::renew(&self.db, &self.node_id, lease_ms).await {
             Ok(()) => true,
             Err(e) => {

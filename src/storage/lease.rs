@@ -26,6 +26,18 @@ pub struct LostTurn {
     pub message: StoredMessage,
 }
 
+impl LostTurn {
+    /// One warning line naming the turn and the seq of its failed message.
+    pub fn log(&self, what: &str) {
+        tracing::warn!(
+            conversation_id = self.conversation_id,
+            turn_id = self.turn_id,
+            seq = self.message.seq,
+            "{what}"
+        );
+    }
+}
+
 /// Pushes the expiry of this node's turn locks and reservations to `now + lease_ms`.
 pub async fn renew(db: &Db, node_id: &str, lease_ms: i64) -> Result<()> {
     let until = now_ms() + lease_ms;
@@ -44,20 +56,32 @@ pub async fn renew(db: &Db, node_id: &str, lease_ms: i64) -> Result<()> {
     Ok(())
 }
 
-/// Stops renewing the locks of turns whose end could not be stored: they expire now, and the
-/// next sweep (of any node) takes them over. A lock that moved on (the end did commit) is left.
-pub async fn abandon(db: &Db, turns: &[(i64, i64)]) -> Result<()> {
-    for (conversation_id, turn_id) in turns {
-        sqlx::query(
-            "UPDATE conversations SET turn_node = NULL, turn_expires = 0 WHERE id = ? AND turn_id = ?",
+/// Records turns of this node whose end could not be stored (the database did not answer) as
+/// failed, as a takeover would, as soon as the database answers again: the conversation is free
+/// at once instead of after a lease. A lock that moved on (the end did commit after all) is left.
+pub async fn abandon(db: &Db, node_id: &str, turns: &[(i64, i64)]) -> Result<Vec<LostTurn>> {
+    let mut lost = Vec::new();
+    for &(conversation_id, turn_id) in turns {
+        let held: Option<(i64, String)> = sqlx::query_as(
+            "SELECT user_id, model FROM conversations WHERE id = ? AND turn_id = ? AND turn_node = ?",
         )
         .bind(conversation_id)
         .bind(turn_id)
-        .execute(&db.write)
+        .bind(node_id)
+        .fetch_optional(&db.write)
         .await?;
+        let Some((user_id, model)) = held else {
+            continue;
+        };
+        let lock = Lock {
+            conversation_id,
+            user_id,
+            turn_id,
+        };
+        // Its reservation goes with it, released uncharged.
+        lost.extend(take_turn(db, lock, model, node_id).await?);
     }
-    // Their reservations (still renewed) go with the lock: a takeover releases them.
-    Ok(())
+    Ok(lost)
 }
 
 /// Takes over every turn lock and reservation whose lease ran out, and with `own` those of

@@ -109,6 +109,9 @@ pub enum ConvMsg {
     Reload,
     /// End the turn in flight as failed (the server is shutting down and its grace is over).
     Abort,
+    /// End the turn in flight as failed `unavailable` if it began before the instant: this node
+    /// went longer than a lease without renewing, so such a turn may have been taken over.
+    AbortStartedBefore(Instant),
     Tick,
     /// Test hook: makes the actor panic, to prove supervision. Not reachable from the network.
     #[doc(hidden)]
@@ -177,8 +180,8 @@ struct Turn {
     cancel: CancellationToken,
     /// Stops the upstream job when the turn is dropped without an end (the actor crashed).
     _cancel_on_drop: tokio_util::sync::DropGuard,
-    /// Set by `Abort`: the cancellation ends the turn as failed, not cancelled.
-    aborted: bool,
+    /// Set by `Abort`: the cancellation ends the turn as failed with this error, not cancelled.
+    aborted: Option<EngineError>,
     updates: Option<mpsc::UnboundedSender<Frame>>,
     started: Instant,
 }
@@ -265,7 +268,13 @@ impl Actor for Conversation {
             ConvMsg::Upstream { turn_id, event } => state.on_upstream(turn_id, event).await,
             ConvMsg::Abort => {
                 if let Some(t) = state.turn.as_mut() {
-                    t.aborted = true;
+                    t.aborted = Some(EngineError::Internal("the server is shutting down".into()));
+                    t.cancel.cancel();
+                }
+            }
+            ConvMsg::AbortStartedBefore(before) => {
+                if let Some(t) = state.turn.as_mut().filter(|t| t.started < before) {
+                    t.aborted = Some(EngineError::Unavailable { retry_after: 1 });
                     t.cancel.cancel();
                 }
             }

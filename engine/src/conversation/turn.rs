@@ -142,7 +142,7 @@ impl ConvState {
                 index: 0,
                 _cancel_on_drop: cancel.clone().drop_guard(),
                 cancel,
-                aborted: false,
+                aborted: None,
                 updates,
                 started: Instant::now(),
             },
@@ -198,9 +198,10 @@ impl ConvState {
         };
         self.turn_in_flight.store(0, Ordering::Relaxed);
         let core = self.core.clone();
-        if turn.aborted && turn.collector.outcome.end == Some(End::Cancelled) {
-            let err = EngineError::Internal("the server is shutting down".into());
-            turn.collector.outcome.end = Some(End::Failed(err));
+        if turn.collector.outcome.end == Some(End::Cancelled) {
+            if let Some(err) = turn.aborted.take() {
+                turn.collector.outcome.end = Some(End::Failed(err));
+            }
         }
         let out = &turn.collector.outcome;
         // Every device showed the deltas as they came: partial output reached the user.
